@@ -1,0 +1,328 @@
+//! Worker configuration: one [`Config::builder`], every knob once, each default a documented
+//! constant, validated by [`ConfigBuilder::build`].
+
+use std::time::Duration;
+
+use crate::lease::WorkerId;
+
+/// Where a worker starts in a shard that has no parent in the lease table (a root shard).
+/// Child shards always start at their beginning so that nothing after a parent is missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InitialPosition {
+    /// The oldest retained record: nothing already in the stream is missed (default).
+    #[default]
+    TrimHorizon,
+    /// Only changes made after the worker first started.
+    Latest,
+}
+
+/// Default lease duration: a lease not renewed for this long may be taken.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(10);
+/// Default time between full scans of the lease table (take and balance cycle).
+pub const DEFAULT_TAKE_INTERVAL: Duration = DEFAULT_LEASE_DURATION;
+/// Default time between reads of the other workers' heartbeats.
+pub const DEFAULT_HEARTBEAT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between shard listings when nothing else triggers one.
+pub const DEFAULT_SHARD_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// Default time between checks of a waiting child's parent leases.
+pub const DEFAULT_PARENT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default wait after an empty read before reading the shard again.
+pub const DEFAULT_IDLE_TIME_BETWEEN_READS: Duration = Duration::from_millis(500);
+/// Default (and maximum) records per read: DynamoDB Streams returns at most 1000.
+pub const DEFAULT_MAX_RECORDS_PER_READ: usize = 1000;
+/// Default number of batches read ahead of the processor, per shard.
+pub const DEFAULT_PREFETCH_BATCHES: usize = 2;
+/// Default cap on the leases one worker holds: unlimited.
+pub const DEFAULT_MAX_LEASES_PER_WORKER: usize = usize::MAX;
+/// Default upper bound of the backoff between retries of a failing batch or read.
+pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// Default lower bound of that backoff.
+pub const DEFAULT_MIN_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Records per read allowed by DynamoDB Streams.
+pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
+
+/// A configuration value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The application name is empty.
+    #[error("application_name is empty: give the consumer application a name (it names the lease table)")]
+    EmptyApplicationName,
+    /// The worker id is empty.
+    #[error("worker_id is empty: leave it unset for the default (hostname + pid) or give a unique non-empty id")]
+    EmptyWorkerId,
+    /// A duration that must be positive was zero.
+    #[error("{name} is zero: it must be a positive duration")]
+    ZeroDuration {
+        /// The setting.
+        name: &'static str,
+    },
+    /// Two durations are in the wrong order.
+    #[error("{smaller} ({smaller_value:?}) must be less than {larger} ({larger_value:?})")]
+    Inverted {
+        /// The setting that must be smaller.
+        smaller: &'static str,
+        /// Its value.
+        smaller_value: Duration,
+        /// The setting that must be larger.
+        larger: &'static str,
+        /// Its value.
+        larger_value: Duration,
+    },
+    /// A count is out of range.
+    #[error("{name} is {value}: it must be between {min} and {max}")]
+    OutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// The rejected value.
+        value: usize,
+        /// Smallest allowed.
+        min: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+}
+
+/// A validated worker configuration. Build one with [`Config::builder`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) application_name: String,
+    pub(crate) worker_id: WorkerId,
+    pub(crate) lease_duration: Duration,
+    pub(crate) take_interval: Duration,
+    pub(crate) heartbeat_poll_interval: Duration,
+    pub(crate) shard_sync_interval: Duration,
+    pub(crate) parent_poll_interval: Duration,
+    pub(crate) idle_time_between_reads: Duration,
+    pub(crate) max_records_per_read: usize,
+    pub(crate) prefetch_batches: usize,
+    pub(crate) max_leases_per_worker: usize,
+    pub(crate) initial_position: InitialPosition,
+    pub(crate) min_retry_backoff: Duration,
+    pub(crate) max_retry_backoff: Duration,
+}
+
+impl Config {
+    /// A builder with every default. `application_name` names the consumer application.
+    pub fn builder(application_name: impl Into<String>) -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config {
+                application_name: application_name.into(),
+                worker_id: default_worker_id(),
+                lease_duration: DEFAULT_LEASE_DURATION,
+                take_interval: DEFAULT_TAKE_INTERVAL,
+                heartbeat_poll_interval: DEFAULT_HEARTBEAT_POLL_INTERVAL,
+                shard_sync_interval: DEFAULT_SHARD_SYNC_INTERVAL,
+                parent_poll_interval: DEFAULT_PARENT_POLL_INTERVAL,
+                idle_time_between_reads: DEFAULT_IDLE_TIME_BETWEEN_READS,
+                max_records_per_read: DEFAULT_MAX_RECORDS_PER_READ,
+                prefetch_batches: DEFAULT_PREFETCH_BATCHES,
+                max_leases_per_worker: DEFAULT_MAX_LEASES_PER_WORKER,
+                initial_position: InitialPosition::default(),
+                min_retry_backoff: DEFAULT_MIN_RETRY_BACKOFF,
+                max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+            },
+            take_interval_set: false,
+        }
+    }
+
+    /// The application name.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+    /// This worker's id (the owner written on its leases).
+    pub fn worker_id(&self) -> &WorkerId {
+        &self.worker_id
+    }
+    /// The lease duration.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+    /// Time between renewals: a third of the lease duration.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_duration / 3
+    }
+    /// How long after its last successful renewal a lease stops being delivered
+    /// (self-fencing): four fifths of the lease duration, so a worker always stops before
+    /// another can judge its lease expired.
+    pub fn fence_after(&self) -> Duration {
+        self.lease_duration * 4 / 5
+    }
+}
+
+fn default_worker_id() -> WorkerId {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".to_owned());
+    WorkerId::new(format!("{host}-{}", std::process::id()))
+}
+
+/// Builds a [`Config`]; see each setter for its default.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    config: Config,
+    take_interval_set: bool,
+}
+
+impl ConfigBuilder {
+    /// This worker's id. Default: `$HOSTNAME-<pid>`. Must be unique in the fleet.
+    pub fn worker_id(mut self, id: impl AsRef<str>) -> Self {
+        self.config.worker_id = WorkerId::new(id);
+        self
+    }
+    /// Lease duration. Default [`DEFAULT_LEASE_DURATION`] (10 s). Renewals run every third of
+    /// it; a dead worker's leases are taken about one lease duration after it died.
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.config.lease_duration = d;
+        self
+    }
+    /// Time between full scans of the lease table to take and balance leases. Default: the
+    /// lease duration ([`DEFAULT_TAKE_INTERVAL`]).
+    pub fn take_interval(mut self, d: Duration) -> Self {
+        self.config.take_interval = d;
+        self.take_interval_set = true;
+        self
+    }
+    /// Time between reads of the other workers' heartbeats (one small read per worker).
+    /// Default [`DEFAULT_HEARTBEAT_POLL_INTERVAL`] (1 s); failover takes about the lease
+    /// duration plus this.
+    pub fn heartbeat_poll_interval(mut self, d: Duration) -> Self {
+        self.config.heartbeat_poll_interval = d;
+        self
+    }
+    /// Time between shard listings. Default [`DEFAULT_SHARD_SYNC_INTERVAL`] (60 s); shard ends
+    /// trigger a listing at once.
+    pub fn shard_sync_interval(mut self, d: Duration) -> Self {
+        self.config.shard_sync_interval = d;
+        self
+    }
+    /// Time between checks of a waiting child's parents. Default
+    /// [`DEFAULT_PARENT_POLL_INTERVAL`] (1 s).
+    pub fn parent_poll_interval(mut self, d: Duration) -> Self {
+        self.config.parent_poll_interval = d;
+        self
+    }
+    /// Wait after an empty read. Default [`DEFAULT_IDLE_TIME_BETWEEN_READS`] (500 ms).
+    pub fn idle_time_between_reads(mut self, d: Duration) -> Self {
+        self.config.idle_time_between_reads = d;
+        self
+    }
+    /// Records per read, 1 to 1000. Default [`DEFAULT_MAX_RECORDS_PER_READ`] (1000).
+    pub fn max_records_per_read(mut self, n: usize) -> Self {
+        self.config.max_records_per_read = n;
+        self
+    }
+    /// Batches read ahead per shard, 1 to 100. Default [`DEFAULT_PREFETCH_BATCHES`] (2).
+    pub fn prefetch_batches(mut self, n: usize) -> Self {
+        self.config.prefetch_batches = n;
+        self
+    }
+    /// Most leases this worker holds. Default unlimited ([`DEFAULT_MAX_LEASES_PER_WORKER`]).
+    pub fn max_leases_per_worker(mut self, n: usize) -> Self {
+        self.config.max_leases_per_worker = n;
+        self
+    }
+    /// Where root shards start. Default [`InitialPosition::TrimHorizon`].
+    pub fn initial_position(mut self, p: InitialPosition) -> Self {
+        self.config.initial_position = p;
+        self
+    }
+    /// Backoff bounds between retries of a failing batch or read. Defaults
+    /// [`DEFAULT_MIN_RETRY_BACKOFF`] (100 ms) and [`DEFAULT_MAX_RETRY_BACKOFF`] (10 s).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.min_retry_backoff = min;
+        self.config.max_retry_backoff = max;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(mut self) -> Result<Config, ConfigError> {
+        if !self.take_interval_set {
+            self.config.take_interval = self.config.lease_duration;
+        }
+        let c = self.config;
+        if c.application_name.trim().is_empty() {
+            return Err(ConfigError::EmptyApplicationName);
+        }
+        if c.worker_id.as_str().trim().is_empty() {
+            return Err(ConfigError::EmptyWorkerId);
+        }
+        for (name, d) in [
+            ("lease_duration", c.lease_duration),
+            ("take_interval", c.take_interval),
+            ("heartbeat_poll_interval", c.heartbeat_poll_interval),
+            ("shard_sync_interval", c.shard_sync_interval),
+            ("parent_poll_interval", c.parent_poll_interval),
+            ("idle_time_between_reads", c.idle_time_between_reads),
+            ("min_retry_backoff", c.min_retry_backoff),
+            ("max_retry_backoff", c.max_retry_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { name });
+            }
+        }
+        let inverted = |smaller: &'static str, sv: Duration, larger: &'static str, lv: Duration| {
+            (sv >= lv).then_some(ConfigError::Inverted { smaller, smaller_value: sv, larger, larger_value: lv })
+        };
+        if let Some(e) = inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration)
+            .or_else(|| inverted("min_retry_backoff", c.min_retry_backoff, "max_retry_backoff", c.max_retry_backoff + Duration::from_nanos(1)))
+        {
+            return Err(e);
+        }
+        let range = |name: &'static str, value: usize, min: usize, max: usize| {
+            (value < min || value > max).then_some(ConfigError::OutOfRange { name, value, min, max })
+        };
+        if let Some(e) = range("max_records_per_read", c.max_records_per_read, 1, MAX_RECORDS_PER_READ_LIMIT)
+            .or_else(|| range("prefetch_batches", c.prefetch_batches, 1, 100))
+            .or_else(|| range("max_leases_per_worker", c.max_leases_per_worker, 1, usize::MAX))
+        {
+            return Err(e);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::builder("app").worker_id("w1").build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lease_duration(), Duration::from_secs(10));
+        assert_eq!(c.take_interval, c.lease_duration);
+        assert_eq!(c.renew_interval(), Duration::from_secs(10) / 3);
+        assert!(c.fence_after() < c.lease_duration());
+        assert_eq!(c.max_records_per_read, 1000);
+    }
+
+    #[test]
+    fn take_interval_follows_lease_duration_unless_set() {
+        let c = Config::builder("app").lease_duration(Duration::from_secs(4)).build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.take_interval, Duration::from_secs(4));
+        let c = Config::builder("app").take_interval(Duration::from_secs(7)).build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.take_interval, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_named_setting() {
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (Config::builder(""), "application_name is empty"),
+            (Config::builder("a").worker_id(" "), "worker_id is empty"),
+            (Config::builder("a").lease_duration(Duration::ZERO), "lease_duration is zero"),
+            (Config::builder("a").max_records_per_read(1001), "max_records_per_read is 1001"),
+            (Config::builder("a").max_records_per_read(0), "max_records_per_read is 0"),
+            (Config::builder("a").max_leases_per_worker(0), "max_leases_per_worker is 0"),
+            (
+                Config::builder("a").heartbeat_poll_interval(Duration::from_secs(20)),
+                "heartbeat_poll_interval (20s) must be less than lease_duration (10s)",
+            ),
+            (
+                Config::builder("a").retry_backoff(Duration::from_secs(5), Duration::from_secs(1)),
+                "min_retry_backoff (5s) must be less than max_retry_backoff",
+            ),
+        ];
+        for (builder, want) in cases {
+            let msg = builder.build().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(want), "got {msg:?}, want {want:?}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Prometheus metrics, registered in a [`prometheus::Registry`] the user passes in.
+//!
+//! Names start with `kcl_`. No metric is labelled with a shard id: thousands of shards would
+//! explode cardinality. Per-shard figures are in the worker's status snapshot instead.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The worker's metric set. Cheap to clone (every metric is reference counted).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub(crate) records_processed: IntCounter,
+    pub(crate) batches: IntCounterVec,
+    pub(crate) batch_seconds: Histogram,
+    pub(crate) iterator_age_seconds: IntGauge,
+    pub(crate) leases_held: IntGauge,
+    pub(crate) lease_takes: IntCounterVec,
+    pub(crate) leases_lost: IntCounter,
+    pub(crate) renewal_failures: IntCounter,
+    pub(crate) read_seconds: HistogramVec,
+    pub(crate) read_errors: IntCounterVec,
+    pub(crate) checkpoints: IntCounterVec,
+    pub(crate) trimmed_data: IntCounter,
+    pub(crate) shards_ended: IntCounter,
+    pub(crate) lease_table_errors: IntCounterVec,
+}
+
+/// A metric could not be registered (most often: two workers registered in one registry).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metrics: {0}; give each worker in a process its own prometheus::Registry")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Creates the metric set and registers it in `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let m = Self {
+            records_processed: IntCounter::new("kcl_records_processed_total", "Records delivered to process_records and handled")?,
+            batches: IntCounterVec::new(
+                Opts::new("kcl_batches_total", "process_records calls by result (ok, error)"),
+                &["result"],
+            )?,
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new("kcl_batch_processing_seconds", "Time spent in one process_records call")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            )?,
+            iterator_age_seconds: IntGauge::new(
+                "kcl_iterator_age_seconds",
+                "Age of the last record delivered, oldest among this worker's shards",
+            )?,
+            leases_held: IntGauge::new("kcl_leases_held", "Shard leases this worker owns")?,
+            lease_takes: IntCounterVec::new(
+                Opts::new("kcl_lease_takes_total", "Leases taken, by reason (unowned, expired, stolen)"),
+                &["reason"],
+            )?,
+            leases_lost: IntCounter::new("kcl_leases_lost_total", "Leases this worker lost to another worker")?,
+            renewal_failures: IntCounter::new(
+                "kcl_lease_renewal_failures_total",
+                "Lease or heartbeat renewals that failed with an error (not a lost race)",
+            )?,
+            read_seconds: HistogramVec::new(
+                HistogramOpts::new("kcl_get_records_seconds", "Latency of a stream read, by result")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["result"],
+            )?,
+            read_errors: IntCounterVec::new(
+                Opts::new("kcl_get_records_errors_total", "Stream read and iterator errors, by kind"),
+                &["kind"],
+            )?,
+            checkpoints: IntCounterVec::new(
+                Opts::new("kcl_checkpoints_total", "Checkpoint writes, by result (ok, lease_lost, error)"),
+                &["result"],
+            )?,
+            trimmed_data: IntCounter::new(
+                "kcl_trimmed_data_total",
+                "Times a shard position was older than the stream's retention: records in between are gone",
+            )?,
+            shards_ended: IntCounter::new("kcl_shards_ended_total", "Shards processed to their end")?,
+            lease_table_errors: IntCounterVec::new(
+                Opts::new("kcl_lease_table_errors_total", "Lease table errors, by operation"),
+                &["operation"],
+            )?,
+        };
+        registry.register(Box::new(m.records_processed.clone()))?;
+        registry.register(Box::new(m.batches.clone()))?;
+        registry.register(Box::new(m.batch_seconds.clone()))?;
+        registry.register(Box::new(m.iterator_age_seconds.clone()))?;
+        registry.register(Box::new(m.leases_held.clone()))?;
+        registry.register(Box::new(m.lease_takes.clone()))?;
+        registry.register(Box::new(m.leases_lost.clone()))?;
+        registry.register(Box::new(m.renewal_failures.clone()))?;
+        registry.register(Box::new(m.read_seconds.clone()))?;
+        registry.register(Box::new(m.read_errors.clone()))?;
+        registry.register(Box::new(m.checkpoints.clone()))?;
+        registry.register(Box::new(m.trimmed_data.clone()))?;
+        registry.register(Box::new(m.shards_ended.clone()))?;
+        registry.register(Box::new(m.lease_table_errors.clone()))?;
+        Ok(m)
+    }
+
+    /// A metric set registered nowhere (for tests and for users who do not scrape).
+    pub fn unregistered() -> Self {
+        // Registering in a fresh registry cannot collide, so this cannot fail.
+        #[allow(clippy::expect_used)]
+        Self::new(&Registry::new()).expect("fresh registry has no duplicate metrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_once_per_registry() {
+        let registry = Registry::new();
+        assert!(Metrics::new(&registry).is_ok());
+        let err = Metrics::new(&registry).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("its own prometheus::Registry"), "{err}");
+        let names: Vec<String> = registry.gather().iter().map(|f| f.name().to_owned()).collect();
+        assert!(names.iter().all(|n| n.starts_with("kcl_")), "{names:?}");
+    }
+}

@@ -1,0 +1,136 @@
+//! The [`RecordProcessor`] seam: the user's code, one instance per shard.
+//!
+//! Lifecycle, per shard and lease: [`initialize`](RecordProcessor::initialize) →
+//! [`process_records`](RecordProcessor::process_records) repeatedly → exactly one of
+//! [`shard_ended`](RecordProcessor::shard_ended) (the shard is fully read; the worker writes the
+//! `SHARD_END` checkpoint right after it returns), [`lease_lost`](RecordProcessor::lease_lost)
+//! (another worker owns the shard now; checkpointing is impossible) or
+//! [`shutdown_requested`](RecordProcessor::shutdown_requested) (graceful stop: last chance to
+//! checkpoint). Each instance is driven by one task and gets `&mut self`: no locks needed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::checkpoint::{Checkpoint, Checkpointer, SequenceNumber};
+use crate::shard::ShardId;
+use crate::source::StreamRecord;
+
+/// Handed to [`RecordProcessor::initialize`].
+#[derive(Clone, Debug)]
+pub struct InitializeInput {
+    /// The shard this processor instance handles.
+    pub shard_id: ShardId,
+    /// The checkpoint processing resumes from.
+    pub checkpoint: Checkpoint,
+}
+
+/// One batch of records for [`RecordProcessor::process_records`].
+#[derive(Clone, Debug)]
+pub struct Batch<R> {
+    /// The shard the records come from.
+    pub shard_id: ShardId,
+    /// The records, in sequence-number order; never empty.
+    pub records: Vec<R>,
+    /// How far behind the stream head the batch is: the age of its last record, when the
+    /// source reports creation times.
+    pub lag: Option<Duration>,
+}
+
+impl<R: StreamRecord> Batch<R> {
+    /// The sequence number of the last record.
+    pub fn last_sequence_number(&self) -> Option<&SequenceNumber> {
+        self.records.last().map(StreamRecord::sequence_number)
+    }
+}
+
+/// A processor's failure. The consumer retries the batch (see the worker's configuration);
+/// it never skips records silently.
+#[derive(Debug, thiserror::Error)]
+#[error("record processor failed: {message}")]
+pub struct ProcessorError {
+    message: String,
+    first_failed: Option<SequenceNumber>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProcessorError {
+    /// A failure of the whole batch.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), first_failed: None, source: None }
+    }
+
+    /// A partial batch failure: every record before `first_failed` was handled; the consumer
+    /// checkpoints before it and retries from it.
+    pub fn partial(first_failed: SequenceNumber, message: impl Into<String>) -> Self {
+        Self { message: message.into(), first_failed: Some(first_failed), source: None }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The first record that failed, for a partial batch failure.
+    pub fn first_failed(&self) -> Option<&SequenceNumber> {
+        self.first_failed.as_ref()
+    }
+}
+
+/// The user's record handling for one shard. Only `process_records` is required.
+pub trait RecordProcessor<R: StreamRecord>: Send + 'static {
+    /// Called once before the first batch.
+    fn initialize(&mut self, input: &InitializeInput) -> impl Future<Output = Result<(), ProcessorError>> + Send {
+        let _ = input;
+        async { Ok(()) }
+    }
+
+    /// Handles one batch. Checkpoint with `checkpointer` when the records are durably handled;
+    /// records after the last checkpoint are delivered again after a crash or a lease move.
+    fn process_records(
+        &mut self,
+        batch: &Batch<R>,
+        checkpointer: &impl Checkpointer,
+    ) -> impl Future<Output = Result<(), ProcessorError>> + Send;
+
+    /// The shard is closed and every record was delivered. The worker checkpoints `SHARD_END`
+    /// after this returns, so that child shards can start.
+    fn shard_ended(&mut self, checkpointer: &impl Checkpointer) -> impl Future<Output = ()> + Send {
+        let _ = checkpointer;
+        async {}
+    }
+
+    /// The lease moved to another worker (or expired); no more records will come and
+    /// checkpoints would be rejected.
+    fn lease_lost(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The worker is shutting down gracefully: checkpoint what was handled. After this the
+    /// worker checkpoints the last delivered record if the processor did not checkpoint it.
+    fn shutdown_requested(&mut self, checkpointer: &impl Checkpointer) -> impl Future<Output = ()> + Send {
+        let _ = checkpointer;
+        async {}
+    }
+}
+
+/// Makes a processor for each shard a worker starts consuming.
+pub trait RecordProcessorFactory<R: StreamRecord>: Send + Sync + 'static {
+    /// The processor type.
+    type Processor: RecordProcessor<R>;
+    /// A new processor for `shard`.
+    fn create(&self, shard: &ShardId) -> Self::Processor;
+}
+
+impl<R, P, F> RecordProcessorFactory<R> for F
+where
+    R: StreamRecord,
+    P: RecordProcessor<R>,
+    F: Fn(&ShardId) -> P + Send + Sync + 'static,
+{
+    type Processor = P;
+    fn create(&self, shard: &ShardId) -> P {
+        self(shard)
+    }
+}
