@@ -17,20 +17,27 @@
 
 pub mod checkpoint;
 pub mod config;
+mod consumer;
+pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod processor;
 pub mod shard;
 pub mod source;
+pub mod status;
+pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
 pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition};
+pub use error::WorkerError;
 pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};
 pub use metrics::Metrics;
 pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, RecordProcessorFactory};
 pub use shard::ShardId;
+pub use status::{ShardState, ShardStatus, WorkerStatus};
+pub use worker::{ShutdownOutcome, Worker, WorkerHandle};
 pub use source::{
     RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamRecord, StreamSource,
 };

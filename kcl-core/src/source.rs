@@ -153,6 +153,20 @@ pub trait StreamSource: Send + Sync + 'static {
     /// internally. Called by shard sync only (rate-limited services: keep calls rare).
     fn list_shards(&self) -> impl Future<Output = Result<Vec<ShardDescription>, SourceError>> + Send;
 
+    /// The children of `parent` (used at every shard end, to start its children quickly).
+    /// The default filters [`list_shards`](StreamSource::list_shards); sources that can ask for
+    /// one shard's children (DynamoDB's `ShardFilter`) should override it.
+    fn child_shards(
+        &self,
+        parent: &ShardId,
+    ) -> impl Future<Output = Result<Vec<ShardDescription>, SourceError>> + Send {
+        let parent = parent.clone();
+        async move {
+            let shards = self.list_shards().await?;
+            Ok(shards.into_iter().filter(|s| s.parent_ids.contains(&parent)).collect())
+        }
+    }
+
     /// An iterator at `position` in `shard`.
     fn shard_iterator(
         &self,

@@ -8,8 +8,9 @@ use std::str::FromStr;
 ///
 /// DynamoDB Streams sequence numbers are 21 to 40 digit decimal strings. They must be compared
 /// as numbers: string order is wrong (`"9" > "10"`) and `u128` overflows at 40 digits. This type
-/// stores the digits without leading zeros and compares by length, then digit by digit.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// keeps the string exactly as the stream gave it (DynamoDB Local wants its zero padding back)
+/// and compares the significant digits by length, then digit by digit.
+#[derive(Clone)]
 pub struct SequenceNumber(Box<str>);
 
 /// Why a string is not a [`SequenceNumber`].
@@ -31,7 +32,8 @@ impl SequenceNumber {
     /// The most significant digits a sequence number may have.
     pub const MAX_DIGITS: usize = 40;
 
-    /// Parses a decimal string. Leading zeros are ignored for ordering and equality.
+    /// Parses a decimal string. Leading zeros are kept for display but ignored for ordering
+    /// and equality.
     pub fn parse(s: &str) -> Result<Self, SequenceNumberError> {
         if s.is_empty() {
             return Err(SequenceNumberError::Empty);
@@ -39,12 +41,10 @@ impl SequenceNumber {
         if !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(SequenceNumberError::NotDecimal(s.to_owned()));
         }
-        let trimmed = s.trim_start_matches('0');
-        let digits = if trimmed.is_empty() { "0" } else { trimmed };
-        if digits.len() > Self::MAX_DIGITS {
+        if significant(s).len() > Self::MAX_DIGITS {
             return Err(SequenceNumberError::TooLong(s.to_owned()));
         }
-        Ok(Self(digits.into()))
+        Ok(Self(s.into()))
     }
 
     /// Builds a sequence number from an integer (handy for simulators and tests).
@@ -52,20 +52,42 @@ impl SequenceNumber {
         Self(n.to_string().into_boxed_str())
     }
 
-    /// The canonical decimal digits (no leading zeros).
+    /// The string exactly as parsed (with any zero padding).
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The digits without leading zeros.
+    pub fn significant_digits(&self) -> &str {
+        significant(&self.0)
+    }
+}
+
+fn significant(s: &str) -> &str {
+    let trimmed = s.trim_start_matches('0');
+    if trimmed.is_empty() { "0" } else { trimmed }
+}
+
+impl PartialEq for SequenceNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.significant_digits() == other.significant_digits()
+    }
+}
+
+impl Eq for SequenceNumber {}
+
+impl std::hash::Hash for SequenceNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.significant_digits().hash(state);
     }
 }
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        // Both are canonical (no leading zeros), so a longer string is a larger number and
-        // equal lengths compare digit by digit, which byte order does for ASCII digits.
-        self.0
-            .len()
-            .cmp(&other.0.len())
-            .then_with(|| self.0.as_bytes().cmp(other.0.as_bytes()))
+        // Without leading zeros a longer string is a larger number, and equal lengths compare
+        // digit by digit, which byte order does for ASCII digits.
+        let (a, b) = (self.significant_digits(), other.significant_digits());
+        a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
     }
 }
 
@@ -139,7 +161,10 @@ mod tests {
     }
 
     #[test]
-    fn displays_canonical_digits() {
-        assert_eq!(sn("0042").to_string(), "42");
+    fn keeps_padding_for_round_trips() {
+        let padded = sn("000000000000000000042");
+        assert_eq!(padded.to_string(), "000000000000000000042");
+        assert_eq!(padded.significant_digits(), "42");
+        assert_eq!(padded, sn("42"));
     }
 }

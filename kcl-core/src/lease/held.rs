@@ -89,12 +89,6 @@ impl HeldLease {
         now.saturating_duration_since(newest_proof) < self.fence_after
     }
 
-    /// When the lease stops being valid unless renewed again.
-    pub(crate) fn valid_until(&self) -> Instant {
-        let renewed = *self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
-        renewed.min(self.liveness.heartbeat_renewed_at()) + self.fence_after
-    }
-
     /// Marks the lease lost: the consumer stops at once.
     pub(crate) fn mark_lost(&self) {
         self.lost.cancel();

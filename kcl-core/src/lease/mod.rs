@@ -4,8 +4,8 @@
 //! (and owner) the caller last saw; a lost race is data ([`LeaseUpdate::Lost`]), not an error.
 //! The coordinator (renewer, taker, balancer) lives in this module too, but is internal.
 
-// pub(crate) mod balance;
-// pub(crate) mod coordinator;
+pub(crate) mod balance;
+pub(crate) mod coordinator;
 pub(crate) mod held;
 mod store;
 

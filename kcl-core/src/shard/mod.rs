@@ -1,8 +1,8 @@
 //! Shards: ids, lineage rules (which leases to create, when a child may start, which finished
 //! leases to delete) and the sync task that keeps the lease table in step with the stream.
 
-// pub(crate) mod lineage;
-// pub(crate) mod sync;
+pub(crate) mod lineage;
+pub(crate) mod sync;
 
 use std::fmt;
 use std::sync::Arc;

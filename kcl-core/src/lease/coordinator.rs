@@ -1,0 +1,385 @@
+//! The lease coordinator: this worker's heartbeat, the renewer and the taker.
+//!
+//! - **Heartbeat**: one item per running worker, renewed with the leases. Every held lease is
+//!   fenced on it, so a worker whose heartbeat stopped changing has stopped delivering.
+//! - **Renewer**: every lease duration / 3, renews the heartbeat and every held lease
+//!   (conditional on owner and counter). A lost race marks the lease lost at once.
+//! - **Taker**: once per take interval, scans the table, judges expiry by the local monotonic
+//!   clock (a counter unchanged for a whole lease duration, as observed here) and takes or
+//!   steals per [`plan_takes`]. Between scans it reads only the other workers' heartbeats
+//!   (one small read each); when one has stopped changing for a lease duration, that worker's
+//!   leases are taken at once, so failover needs about one lease duration.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::balance::{Candidate, TakeReason, plan_takes};
+use super::held::{HeldLease, Liveness};
+use super::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Concurrent lease-table writes per batch of renewals or takes.
+const WRITE_CONCURRENCY: usize = 32;
+
+/// A counter value and when this worker first saw it.
+#[derive(Debug, Clone, Copy)]
+struct Observation {
+    counter: u64,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Observations {
+    by_key: HashMap<LeaseKey, Observation>,
+}
+
+impl Observations {
+    fn observe(&mut self, key: &LeaseKey, counter: u64, now: Instant) -> Observation {
+        let obs = self.by_key.entry(key.clone()).or_insert(Observation { counter, since: now });
+        if obs.counter != counter {
+            *obs = Observation { counter, since: now };
+        }
+        *obs
+    }
+}
+
+/// The last full scan, shared with shard sync so that it needs no scan of its own.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TableSnapshot {
+    pub(crate) leases: Arc<Vec<Lease>>,
+    pub(crate) taken_at: Option<Instant>,
+}
+
+/// This worker's side of the lease table.
+#[derive(Debug)]
+pub(crate) struct Coordinator<S> {
+    store: Arc<S>,
+    config: Arc<Config>,
+    metrics: Metrics,
+    liveness: Arc<Liveness>,
+    heartbeat: tokio::sync::Mutex<Lease>,
+    held: Mutex<HashMap<LeaseKey, Arc<HeldLease>>>,
+    observations: Mutex<Observations>,
+    /// Heartbeat keys of other workers, by owner, from the last scan.
+    peers: Mutex<HashMap<LeaseKey, WorkerId>>,
+    /// Workers judged dead by their heartbeats since the last scan.
+    dead: Mutex<HashSet<WorkerId>>,
+    snapshot: Mutex<TableSnapshot>,
+    token: CancellationToken,
+    seed: u64,
+    cycles: std::sync::atomic::AtomicU64,
+}
+
+impl<S: LeaseStore> Coordinator<S> {
+    /// Registers this worker's heartbeat. Fails when the lease table cannot be written.
+    pub(crate) async fn start(
+        store: Arc<S>,
+        config: Arc<Config>,
+        metrics: Metrics,
+        token: CancellationToken,
+    ) -> Result<Self, LeaseStoreError> {
+        let seed = incarnation_seed(config.worker_id());
+        let sent = Instant::now();
+        let heartbeat = register_heartbeat(&*store, config.worker_id(), seed).await?;
+        Ok(Self {
+            store,
+            metrics,
+            liveness: Arc::new(Liveness::new(sent)),
+            heartbeat: tokio::sync::Mutex::new(heartbeat),
+            held: Mutex::new(HashMap::new()),
+            observations: Mutex::new(Observations::default()),
+            peers: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashSet::new()),
+            snapshot: Mutex::new(TableSnapshot::default()),
+            token,
+            seed,
+            cycles: std::sync::atomic::AtomicU64::new(0),
+            config,
+        })
+    }
+
+    pub(crate) fn me(&self) -> &WorkerId {
+        self.config.worker_id()
+    }
+
+    pub(crate) fn held(&self) -> Vec<Arc<HeldLease>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub(crate) fn snapshot(&self) -> TableSnapshot {
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Forgets a lease this worker stopped consuming (released, ended or lost).
+    pub(crate) fn forget(&self, key: &LeaseKey) {
+        let removed = self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        if let Some(held) = removed {
+            held.mark_lost();
+        }
+        self.metrics.leases_held.set(self.held_count() as i64);
+    }
+
+    fn lost(&self, held: &HeldLease) {
+        tracing::warn!(shard = %held.shard_id, "lease lost to another worker; stopping delivery");
+        self.metrics.leases_lost.inc();
+        self.forget(&held.key);
+    }
+
+    /// One renewal round: heartbeat first, then every held lease.
+    pub(crate) async fn renew_all(&self) {
+        self.renew_heartbeat().await;
+        let held = self.held();
+        futures::stream::iter(held)
+            .for_each_concurrent(WRITE_CONCURRENCY, |h| async move {
+                let mut lease = h.lock().await;
+                if h.is_lost() {
+                    return;
+                }
+                let sent = Instant::now();
+                match self.store.renew(&lease).await {
+                    Ok(LeaseUpdate::Applied(updated)) => {
+                        *lease = updated;
+                        h.renewed(sent);
+                    }
+                    Ok(LeaseUpdate::Lost) => {
+                        drop(lease);
+                        self.lost(&h);
+                    }
+                    Err(e) => {
+                        self.metrics.renewal_failures.inc();
+                        tracing::warn!(shard = %h.shard_id, error = %e, "lease renewal failed; will retry");
+                    }
+                }
+            })
+            .await;
+    }
+
+    async fn renew_heartbeat(&self) {
+        let mut hb = self.heartbeat.lock().await;
+        let sent = Instant::now();
+        match self.store.renew(&hb).await {
+            Ok(LeaseUpdate::Applied(updated)) => {
+                *hb = updated;
+                self.liveness.heartbeat_renewed(sent);
+            }
+            Ok(LeaseUpdate::Lost) => {
+                // Another worker judged this one dead and removed its heartbeat: it may take
+                // every lease now, so stop them all and start over as a new incarnation.
+                tracing::error!(worker = %self.me(), "heartbeat was removed by another worker; dropping all leases");
+                for h in self.held() {
+                    self.lost(&h);
+                }
+                match register_heartbeat(&*self.store, self.me(), incarnation_seed(self.me())).await {
+                    Ok(fresh) => {
+                        *hb = fresh;
+                        self.liveness.heartbeat_renewed(sent);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register a new heartbeat; will retry"),
+                }
+            }
+            Err(e) => {
+                self.metrics.renewal_failures.inc();
+                tracing::warn!(error = %e, "heartbeat renewal failed; will retry");
+            }
+        }
+    }
+
+    /// Reads the other workers' heartbeats. Returns true when one was newly judged dead.
+    pub(crate) async fn poll_heartbeats(&self) -> bool {
+        let peers: Vec<(LeaseKey, WorkerId)> =
+            self.peers.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, w)| (k.clone(), w.clone())).collect();
+        let mut newly_dead = false;
+        for (key, worker) in peers {
+            let now = Instant::now();
+            let expired = match self.store.get(&key).await {
+                Ok(Some(item)) => {
+                    let obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner).observe(&key, item.counter, now);
+                    now.duration_since(obs.since) >= self.config.lease_duration()
+                }
+                // Gone: its owner removed it on a clean stop, or another worker judged it dead.
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat read failed");
+                    false
+                }
+            };
+            if expired {
+                self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                if self.dead.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.clone()) {
+                    tracing::info!(%worker, "worker stopped renewing its heartbeat; taking over its leases");
+                    newly_dead = true;
+                }
+            }
+        }
+        newly_dead
+    }
+
+    /// One take cycle: scan, judge expiry, take and steal. Returns the leases newly acquired.
+    pub(crate) async fn take_cycle(&self) -> Vec<Arc<HeldLease>> {
+        let items = match self.store.list().await {
+            Ok(items) => items,
+            Err(e) => {
+                self.metrics.lease_table_errors.with_label_values(&["list"]).inc();
+                tracing::warn!(error = %e, "lease table scan failed; will retry next cycle");
+                return Vec::new();
+            }
+        };
+        let now = Instant::now();
+        let lease_duration = self.config.lease_duration();
+        let my_heartbeat = self.heartbeat.lock().await.key.clone();
+        let mut live: BTreeSet<WorkerId> = BTreeSet::new();
+        let mut peers = HashMap::new();
+        let mut dead_heartbeats = Vec::new();
+        let mut expired_keys = HashSet::new();
+        let dead_before = std::mem::take(&mut *self.dead.lock().unwrap_or_else(PoisonError::into_inner));
+        {
+            let mut obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner);
+            let present: HashSet<&LeaseKey> = items.iter().map(|l| &l.key).collect();
+            obs.by_key.retain(|k, _| present.contains(k));
+            for item in &items {
+                let o = obs.observe(&item.key, item.counter, now);
+                if now.duration_since(o.since) >= lease_duration {
+                    expired_keys.insert(item.key.clone());
+                }
+            }
+        }
+        let mut dead: HashSet<WorkerId> = HashSet::new();
+        for item in items.iter().filter(|l| l.key.is_heartbeat() && l.key != my_heartbeat) {
+            let Some(owner) = item.owner.clone() else { continue };
+            if expired_keys.contains(&item.key) || dead_before.contains(&owner) {
+                dead_heartbeats.push(item);
+                dead.insert(owner);
+            } else {
+                live.insert(owner.clone());
+                peers.insert(item.key.clone(), owner);
+            }
+        }
+        // A worker id with a live incarnation is alive.
+        dead.retain(|w| !live.contains(w));
+        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
+        for hb in dead_heartbeats {
+            // Clean up: conditional on the counter seen, so a revived worker's renewal wins.
+            if let Ok(LeaseUpdate::Applied(_)) = self.store.delete(hb).await {
+                tracing::debug!(key = %hb.key, "removed a dead worker's heartbeat");
+            }
+        }
+
+        let me_owned = self.me().clone();
+        let me = &me_owned;
+        let held_keys: HashSet<LeaseKey> =
+            self.held.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        // A held lease that the table shows with another owner is lost.
+        for item in &items {
+            if held_keys.contains(&item.key) && !item.is_owned_by(me) {
+                if let Some(h) = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(&item.key).cloned() {
+                    self.lost(&h);
+                }
+            }
+        }
+        let shard_leases: Vec<&Lease> =
+            items.iter().filter(|l| !l.key.is_heartbeat() && l.checkpoint != Checkpoint::ShardEnd).collect();
+        let candidates: Vec<Candidate<'_>> = shard_leases
+            .iter()
+            .filter(|l| !held_keys.contains(&l.key))
+            .map(|l| Candidate {
+                lease: l,
+                expired: match &l.owner {
+                    None => false,
+                    // Left over from an earlier run of this worker id.
+                    Some(o) if o == me => true,
+                    Some(o) => dead.contains(o) || expired_keys.contains(&l.key),
+                },
+            })
+            .chain(shard_leases.iter().filter(|l| held_keys.contains(&l.key)).map(|l| Candidate { lease: l, expired: false }))
+            .collect();
+        let held_now = self.held_count();
+        let plan = plan_takes(
+            me,
+            &candidates,
+            &live,
+            held_now,
+            self.config.max_leases_per_worker,
+            self.seed ^ self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
+            TableSnapshot { leases: Arc::new(items.clone()), taken_at: Some(now) };
+        if plan.is_empty() {
+            return Vec::new();
+        }
+        let by_key: HashMap<&LeaseKey, &Lease> = shard_leases.iter().map(|l| (&l.key, *l)).collect();
+        let takes: Vec<(&Lease, TakeReason)> =
+            plan.iter().filter_map(|(k, r)| by_key.get(k).map(|l| (*l, *r))).collect();
+        let acquired: Vec<Arc<HeldLease>> = futures::stream::iter(takes)
+            .map(|(lease, reason)| async move {
+                let sent = Instant::now();
+                match self.store.take(lease, me).await {
+                    Ok(LeaseUpdate::Applied(taken)) => {
+                        self.metrics.lease_takes.with_label_values(&[reason.as_str()]).inc();
+                        tracing::info!(shard = %lease.key, reason = reason.as_str(), from = ?lease.owner, "took lease");
+                        HeldLease::new(taken, sent, self.liveness.clone(), self.config.fence_after(), &self.token)
+                    }
+                    Ok(LeaseUpdate::Lost) => None,
+                    Err(e) => {
+                        self.metrics.lease_table_errors.with_label_values(&["take"]).inc();
+                        tracing::debug!(shard = %lease.key, error = %e, "take failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .filter_map(|h| async move { h.map(Arc::new) })
+            .collect()
+            .await;
+        {
+            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            for h in &acquired {
+                held.insert(h.key.clone(), h.clone());
+            }
+        }
+        self.metrics.leases_held.set(self.held_count() as i64);
+        acquired
+    }
+
+    /// Removes this worker's heartbeat on a clean stop, so peers stop watching it at once.
+    pub(crate) async fn deregister(&self) {
+        let hb = self.heartbeat.lock().await;
+        if let Err(e) = self.store.delete(&hb).await {
+            tracing::debug!(error = %e, "could not remove heartbeat; it will expire");
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+}
+
+async fn register_heartbeat<S: LeaseStore>(store: &S, me: &WorkerId, incarnation: u64) -> Result<Lease, LeaseStoreError> {
+    let mut lease = Lease::new_for_shard(&crate::shard::ShardId::new("-"), Checkpoint::TrimHorizon, Vec::new());
+    lease.key = LeaseKey::heartbeat(me, incarnation);
+    lease.owner = Some(me.clone());
+    match store.create_if_absent(lease.clone()).await? {
+        LeaseUpdate::Applied(created) => Ok(created),
+        // A 64-bit incarnation collided with a live item: vanishingly rare; take it over.
+        LeaseUpdate::Lost => match store.get(&lease.key).await? {
+            Some(existing) => Ok(store.take(&existing, me).await?.applied().unwrap_or(existing)),
+            None => Ok(lease),
+        },
+    }
+}
+
+fn incarnation_seed(me: &WorkerId) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(me.as_str().as_bytes());
+    h.finish()
+}

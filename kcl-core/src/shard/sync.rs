@@ -1,0 +1,136 @@
+//! Shard sync: keeps the lease table in step with the stream.
+//!
+//! A full sync lists the stream's shards, creates leases for new shards in lineage order and
+//! deletes finished leases once their children have started. It runs at start, every
+//! `shard_sync_interval`, and uses the coordinator's last table scan instead of scanning
+//! again. At every shard end it asks for that shard's children only, retrying with backoff
+//! while they are not listed yet (children can appear a moment after their parent closes).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ShardId;
+use super::lineage::{leases_to_create, leases_to_delete};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::lease::coordinator::Coordinator;
+use crate::lease::{Lease, LeaseStore, LeaseUpdate};
+use crate::metrics::Metrics;
+use crate::source::{ShardDescription, SourceError, StreamSource};
+
+/// Tries of the child lookup after a shard end (as the Java adapter: 10, 50 ms up to 1 s).
+const CHILD_LOOKUP_TRIES: usize = 10;
+
+#[derive(Debug)]
+pub(crate) struct ShardSync<S, L> {
+    pub(crate) source: Arc<S>,
+    pub(crate) coordinator: Arc<Coordinator<L>>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Metrics,
+}
+
+impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
+    /// Lists shards and creates missing leases; the worker calls it once before starting.
+    pub(crate) async fn full_sync(&self) -> Result<(), SourceError> {
+        let shards = self.source.list_shards().await?;
+        let snapshot = self.coordinator.snapshot();
+        let leases: Arc<Vec<Lease>> = if snapshot.taken_at.is_some() {
+            snapshot.leases
+        } else {
+            match self.coordinator.store().list().await {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease table scan for shard sync failed; will retry");
+                    return Ok(());
+                }
+            }
+        };
+        let existing: HashMap<ShardId, Checkpoint> =
+            leases.iter().filter_map(|l| l.key.shard_id().map(|id| (id, l.checkpoint.clone()))).collect();
+        self.create(leases_to_create(&shards, &existing, self.config.initial_position)).await;
+        for lease in leases_to_delete(&leases, &shards) {
+            match self.coordinator.store().delete(lease).await {
+                Ok(LeaseUpdate::Applied(_)) => tracing::info!(shard = %lease.key, "deleted finished lease"),
+                Ok(LeaseUpdate::Lost) => {}
+                Err(e) => tracing::debug!(shard = %lease.key, error = %e, "could not delete finished lease"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates leases in order; a failure skips that shard's descendants until the next sync,
+    /// so a child never exists without its parent's lease.
+    async fn create(&self, leases: Vec<Lease>) {
+        let mut failed: HashSet<ShardId> = HashSet::new();
+        for lease in leases {
+            let Some(id) = lease.key.shard_id() else { continue };
+            if lease.parent_shard_ids.iter().any(|p| failed.contains(p)) {
+                failed.insert(id);
+                continue;
+            }
+            match self.coordinator.store().create_if_absent(lease).await {
+                Ok(LeaseUpdate::Applied(l)) => tracing::info!(shard = %l.key, checkpoint = %l.checkpoint, "created lease"),
+                Ok(LeaseUpdate::Lost) => {}
+                Err(e) => {
+                    self.metrics.lease_table_errors.with_label_values(&["create"]).inc();
+                    tracing::warn!(shard = %id, error = %e, "could not create lease; will retry at the next sync");
+                    failed.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Creates the leases of an ended shard's children, retrying while none are listed.
+    async fn children_of(&self, parent: &ShardId, token: &CancellationToken) {
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(CHILD_LOOKUP_TRIES)
+            .build();
+        loop {
+            match self.source.child_shards(parent).await {
+                Ok(children) if !children.is_empty() => {
+                    let leases = children_leases(&children);
+                    self.create(leases).await;
+                    return;
+                }
+                Ok(_) => tracing::debug!(shard = %parent, "children not listed yet"),
+                Err(e) => tracing::debug!(shard = %parent, error = %e, "child lookup failed"),
+            }
+            let Some(d) = delays.next() else {
+                tracing::info!(shard = %parent, "no children listed after the shard ended; the periodic sync will pick them up");
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = token.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs until `token` is cancelled.
+    pub(crate) async fn run(self, mut ended: mpsc::UnboundedReceiver<ShardId>, token: CancellationToken) {
+        let mut next_full = tokio::time::Instant::now() + self.config.shard_sync_interval;
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep_until(next_full) => {
+                    if let Err(e) = self.full_sync().await {
+                        tracing::warn!(error = %e, "shard listing failed; will retry");
+                    }
+                    next_full = tokio::time::Instant::now() + self.config.shard_sync_interval;
+                }
+                Some(parent) = ended.recv() => self.children_of(&parent, &token).await,
+            }
+        }
+    }
+}
+
+fn children_leases(children: &[ShardDescription]) -> Vec<Lease> {
+    children.iter().map(|c| Lease::new_for_shard(&c.id, Checkpoint::TrimHorizon, c.parent_ids.clone())).collect()
+}

@@ -1,0 +1,132 @@
+//! What a running worker reports about itself: leases held, and per shard its checkpoint and
+//! lag ([`WorkerStatus`], from [`WorkerHandle::status`](crate::worker::WorkerHandle::status)).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::checkpoint::{Checkpoint, SequenceNumber};
+use crate::lease::WorkerId;
+use crate::shard::ShardId;
+
+/// Where a shard consumer is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardState {
+    /// Waiting for parent shards to be processed to their end.
+    WaitingOnParents,
+    /// Reading and delivering records.
+    Processing,
+    /// Holding the lease but not delivering: the lease could not be renewed recently.
+    Fenced,
+    /// Retrying a failed batch.
+    Retrying,
+}
+
+/// One held shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The consumer's state.
+    pub state: ShardState,
+    /// The stored checkpoint, as last written by this worker.
+    pub checkpoint: Option<Checkpoint>,
+    /// The last record `process_records` handled.
+    pub last_processed: Option<SequenceNumber>,
+    /// Age of that record when it was delivered.
+    pub lag: Option<Duration>,
+    /// Records handled since this worker took the lease.
+    pub records_processed: u64,
+    /// Times a position was found trimmed (data older than the retention is gone).
+    pub trimmed_events: u64,
+}
+
+/// A snapshot of a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// The worker's id.
+    pub worker_id: WorkerId,
+    /// Held shards and their state.
+    pub shards: BTreeMap<ShardId, ShardStatus>,
+    /// Shards this worker processed to their end.
+    pub shards_ended: u64,
+    /// Records handled by this worker in total.
+    pub records_processed: u64,
+    /// Trimmed-data occurrences in total.
+    pub trimmed_events: u64,
+}
+
+impl WorkerStatus {
+    /// Leases held.
+    pub fn leases_held(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The largest lag among held shards.
+    pub fn max_lag(&self) -> Option<Duration> {
+        self.shards.values().filter_map(|s| s.lag).max()
+    }
+}
+
+/// The live status, updated by consumers.
+#[derive(Debug)]
+pub(crate) struct StatusBoard {
+    inner: Mutex<WorkerStatus>,
+}
+
+impl StatusBoard {
+    pub(crate) fn new(worker_id: WorkerId) -> Self {
+        Self {
+            inner: Mutex::new(WorkerStatus {
+                worker_id,
+                shards: BTreeMap::new(),
+                shards_ended: 0,
+                records_processed: 0,
+                trimmed_events: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn update(&self, shard: &ShardId, f: impl FnOnce(&mut ShardStatus)) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = s.shards.entry(shard.clone()).or_insert(ShardStatus {
+            state: ShardState::WaitingOnParents,
+            checkpoint: None,
+            last_processed: None,
+            lag: None,
+            records_processed: 0,
+            trimmed_events: 0,
+        });
+        f(entry);
+    }
+
+    pub(crate) fn processed(&self, shard: &ShardId, count: u64, last: SequenceNumber, lag: Option<Duration>) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        s.records_processed += count;
+        if let Some(entry) = s.shards.get_mut(shard) {
+            entry.state = ShardState::Processing;
+            entry.records_processed += count;
+            entry.last_processed = Some(last);
+            entry.lag = lag;
+        }
+    }
+
+    pub(crate) fn trimmed(&self, shard: &ShardId) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        s.trimmed_events += 1;
+        if let Some(entry) = s.shards.get_mut(shard) {
+            entry.trimmed_events += 1;
+        }
+    }
+
+    pub(crate) fn remove(&self, shard: &ShardId, ended: bool) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        s.shards.remove(shard);
+        if ended {
+            s.shards_ended += 1;
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> WorkerStatus {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}

@@ -1,0 +1,257 @@
+//! [`Worker`]: runs the coordinator, shard sync and one consumer task per held lease until
+//! cancelled; [`WorkerHandle`] stops it gracefully and reports its status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::consumer::{ConsumerContext, ConsumerExit};
+use crate::error::WorkerError;
+use crate::lease::coordinator::Coordinator;
+use crate::lease::held::HeldLease;
+use crate::lease::{LeaseKey, LeaseStore};
+use crate::metrics::Metrics;
+use crate::processor::RecordProcessorFactory;
+use crate::shard::sync::ShardSync;
+use crate::source::{SourceErrorKind, StreamSource};
+use crate::status::{StatusBoard, WorkerStatus};
+
+/// A worker: takes leases, consumes their shards with the user's processors, and shares the
+/// stream with the rest of the fleet.
+///
+/// ```no_run
+/// # async fn demo<S, L, F>(source: S, store: L, factory: F) -> Result<(), kcl_core::WorkerError>
+/// # where S: kcl_core::StreamSource, L: kcl_core::LeaseStore, F: kcl_core::RecordProcessorFactory<S::Record> {
+/// let config = kcl_core::Config::builder("orders-replicator").build()?;
+/// let worker = kcl_core::Worker::new(config, source, store, factory, &prometheus::Registry::new())?;
+/// let handle = worker.handle();
+/// tokio::spawn(async move {
+///     // In a binary: wait for SIGTERM here.
+///     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+///     handle.shutdown(std::time::Duration::from_secs(25)).await;
+/// });
+/// worker.run().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Worker<S, L, F> {
+    source: Arc<S>,
+    store: Arc<L>,
+    factory: Arc<F>,
+    config: Arc<Config>,
+    metrics: Metrics,
+    status: Arc<StatusBoard>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    done: watch::Sender<bool>,
+}
+
+/// Controls a running [`Worker`] from elsewhere. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    done: watch::Receiver<bool>,
+    status: Arc<StatusBoard>,
+}
+
+/// How a graceful shutdown ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every shard was checkpointed and its lease released.
+    Graceful,
+    /// The deadline passed first; unreleased leases expire and are taken over normally.
+    DeadlineExceeded,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop: processors get `shutdown_requested`, each shard is
+    /// checkpointed at its last processed record and its lease released, so that other workers
+    /// continue at once. Past `deadline`, the remaining shards are abandoned.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownOutcome {
+        self.shutdown.cancel();
+        let mut done = self.done.clone();
+        let finished = tokio::time::timeout(deadline, done.wait_for(|d| *d)).await.is_ok();
+        if finished {
+            ShutdownOutcome::Graceful
+        } else {
+            self.abort.cancel();
+            let _ = done.wait_for(|d| *d).await;
+            ShutdownOutcome::DeadlineExceeded
+        }
+    }
+
+    /// Stops at once without checkpointing or releasing (as a crash would, for tests).
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// Leases held, and checkpoint and lag per shard.
+    pub fn status(&self) -> WorkerStatus {
+        self.status.snapshot()
+    }
+
+    /// True once the worker has stopped.
+    pub fn is_finished(&self) -> bool {
+        *self.done.borrow()
+    }
+}
+
+impl<S, L, F> Worker<S, L, F>
+where
+    S: StreamSource,
+    L: LeaseStore,
+    F: RecordProcessorFactory<S::Record>,
+{
+    /// A worker registering its metrics in `registry`.
+    pub fn new(config: Config, source: S, store: L, factory: F, registry: &prometheus::Registry) -> Result<Self, WorkerError> {
+        let metrics = Metrics::new(registry)?;
+        Ok(Self::with_metrics(config, source, store, factory, metrics))
+    }
+
+    /// A worker using an existing metric set.
+    pub fn with_metrics(config: Config, source: S, store: L, factory: F, metrics: Metrics) -> Self {
+        let status = Arc::new(StatusBoard::new(config.worker_id().clone()));
+        Self {
+            source: Arc::new(source),
+            store: Arc::new(store),
+            factory: Arc::new(factory),
+            config: Arc::new(config),
+            metrics,
+            status,
+            shutdown: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            done: watch::channel(false).0,
+        }
+    }
+
+    /// A handle to stop the worker and read its status.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shutdown: self.shutdown.clone(),
+            abort: self.abort.clone(),
+            done: self.done.subscribe(),
+            status: self.status.clone(),
+        }
+    }
+
+    /// Runs until shut down through a [`WorkerHandle`]. Fails at start when the lease table or
+    /// the stream cannot be used; afterwards, errors are retried and never stop the worker.
+    pub async fn run(self) -> Result<(), WorkerError> {
+        let span = tracing::info_span!("worker", worker = %self.config.worker_id());
+        let result = self.run_inner().instrument(span).await;
+        self.done.send_replace(true);
+        result
+    }
+
+    async fn run_inner(&self) -> Result<(), WorkerError> {
+        // Lease tokens are children of `abort`: aborting stops every consumer at once.
+        let coordinator = Arc::new(
+            Coordinator::start(self.store.clone(), self.config.clone(), self.metrics.clone(), self.abort.clone())
+                .await
+                .map_err(WorkerError::LeaseTable)?,
+        );
+        let sync = ShardSync {
+            source: self.source.clone(),
+            coordinator: coordinator.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+        };
+        if let Err(e) = sync.full_sync().await {
+            if matches!(e.kind(), SourceErrorKind::NotFound | SourceErrorKind::Fatal) {
+                coordinator.deregister().await;
+                return Err(WorkerError::Stream(e));
+            }
+            tracing::warn!(error = %e, "first shard listing failed; will retry");
+        }
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(ConsumerContext {
+            source: self.source.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            status: self.status.clone(),
+            shutdown: self.shutdown.clone(),
+            shard_ended: ended_tx,
+        });
+
+        // Background tasks stop when `background` is cancelled: after consumers have finished,
+        // so that leases stay renewed while shards checkpoint during a graceful shutdown.
+        let background = self.abort.child_token();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(renew_loop(coordinator.clone(), self.config.renew_interval(), background.clone()).in_current_span());
+        tasks.spawn(sync.run(ended_rx, background.clone()).in_current_span());
+
+        let mut consumers: JoinSet<(LeaseKey, ConsumerExit)> = JoinSet::new();
+        let mut next_take = Instant::now();
+        let mut poll = tokio::time::interval(self.config.heartbeat_poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.abort.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
+                Some(joined) = consumers.join_next() => {
+                    if let Ok((key, exit)) = joined {
+                        tracing::debug!(lease = %key, ?exit, "consumer finished");
+                        coordinator.forget(&key);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_take) => {
+                    self.spawn_consumers(&ctx, coordinator.take_cycle().await, &mut consumers);
+                    next_take = Instant::now() + self.config.take_interval;
+                }
+                _ = poll.tick() => {
+                    if coordinator.poll_heartbeats().await {
+                        self.spawn_consumers(&ctx, coordinator.take_cycle().await, &mut consumers);
+                        next_take = Instant::now() + self.config.take_interval;
+                    }
+                    let age = self.status.snapshot().max_lag().map_or(0, |d| d.as_secs() as i64);
+                    self.metrics.iterator_age_seconds.set(age);
+                }
+            }
+        }
+        // Graceful: consumers see the shutdown token, checkpoint and release.
+        tokio::select! {
+            _ = async { while consumers.join_next().await.is_some() {} } => {}
+            _ = self.abort.cancelled() => consumers.abort_all(),
+        }
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        if !self.abort.is_cancelled() {
+            coordinator.deregister().await;
+        }
+        self.metrics.leases_held.set(0);
+        Ok(())
+    }
+
+    fn spawn_consumers(
+        &self,
+        ctx: &Arc<ConsumerContext<S, L>>,
+        acquired: Vec<Arc<HeldLease>>,
+        consumers: &mut JoinSet<(LeaseKey, ConsumerExit)>,
+    ) {
+        for held in acquired {
+            let processor = self.factory.create(&held.shard_id);
+            let span = tracing::info_span!("shard", shard = %held.shard_id);
+            consumers.spawn(ctx.clone().run(held, processor).instrument(span));
+        }
+    }
+}
+
+async fn renew_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => coordinator.renew_all().await,
+        }
+    }
+}
