@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::error::WorkerError;
 use crate::lease::coordinator::Coordinator;
-use crate::lease::held::HeldLease;
 use crate::lease::{LeaseKey, LeaseStore};
 use crate::metrics::Metrics;
 use crate::processor::RecordProcessorFactory;
@@ -204,13 +203,11 @@ where
                     }
                 }
                 _ = tokio::time::sleep_until(next_take) => {
-                    self.spawn_consumers(&ctx, coordinator.take_cycle().await, &mut consumers);
-                    next_take = Instant::now() + self.config.take_interval;
+                    next_take = self.take(&ctx, &coordinator, &mut consumers).await;
                 }
                 _ = poll.tick() => {
                     if coordinator.poll_heartbeats().await {
-                        self.spawn_consumers(&ctx, coordinator.take_cycle().await, &mut consumers);
-                        next_take = Instant::now() + self.config.take_interval;
+                        next_take = self.take(&ctx, &coordinator, &mut consumers).await;
                     }
                     let age = self.status.snapshot().max_lag().map_or(0, |d| d.as_secs() as i64);
                     self.metrics.iterator_age_seconds.set(age);
@@ -231,17 +228,21 @@ where
         Ok(())
     }
 
-    fn spawn_consumers(
+    /// Runs a take cycle, starts consumers for what it acquired, and says when to run the next.
+    async fn take(
         &self,
         ctx: &Arc<ConsumerContext<S, L>>,
-        acquired: Vec<Arc<HeldLease>>,
+        coordinator: &Coordinator<L>,
         consumers: &mut JoinSet<(LeaseKey, ConsumerExit)>,
-    ) {
-        for held in acquired {
+    ) -> Instant {
+        let outcome = coordinator.take_cycle().await;
+        for held in outcome.acquired {
             let processor = self.factory.create(&held.shard_id);
             let span = tracing::info_span!("shard", shard = %held.shard_id);
             consumers.spawn(ctx.clone().run(held, processor).instrument(span));
         }
+        let wait = if outcome.contended { self.config.heartbeat_poll_interval } else { self.config.take_interval };
+        Instant::now() + wait
     }
 }
 

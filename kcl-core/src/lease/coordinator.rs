@@ -13,7 +13,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +55,14 @@ pub(crate) struct TableSnapshot {
     pub(crate) taken_at: Option<Instant>,
 }
 
+/// What a take cycle acquired.
+#[derive(Debug, Default)]
+pub(crate) struct TakeOutcome {
+    pub(crate) acquired: Vec<Arc<HeldLease>>,
+    /// Some takes lost a race: worth another cycle soon.
+    pub(crate) contended: bool,
+}
+
 /// This worker's side of the lease table.
 #[derive(Debug)]
 pub(crate) struct Coordinator<S> {
@@ -68,7 +75,8 @@ pub(crate) struct Coordinator<S> {
     observations: Mutex<Observations>,
     /// Heartbeat keys of other workers, by owner, from the last scan.
     peers: Mutex<HashMap<LeaseKey, WorkerId>>,
-    /// Workers judged dead by their heartbeats since the last scan.
+    /// Workers judged dead by their heartbeats, remembered until they own no lease (another
+    /// worker may delete a dead heartbeat before this one has taken what it needs).
     dead: Mutex<HashSet<WorkerId>>,
     snapshot: Mutex<TableSnapshot>,
     token: CancellationToken,
@@ -139,29 +147,31 @@ impl<S: LeaseStore> Coordinator<S> {
     pub(crate) async fn renew_all(&self) {
         self.renew_heartbeat().await;
         let held = self.held();
-        futures::stream::iter(held)
-            .for_each_concurrent(WRITE_CONCURRENCY, |h| async move {
-                let mut lease = h.lock().await;
-                if h.is_lost() {
-                    return;
-                }
-                let sent = Instant::now();
-                match self.store.renew(&lease).await {
-                    Ok(LeaseUpdate::Applied(updated)) => {
-                        *lease = updated;
-                        h.renewed(sent);
-                    }
-                    Ok(LeaseUpdate::Lost) => {
-                        drop(lease);
-                        self.lost(&h);
-                    }
-                    Err(e) => {
-                        self.metrics.renewal_failures.inc();
-                        tracing::warn!(shard = %h.shard_id, error = %e, "lease renewal failed; will retry");
-                    }
-                }
-            })
-            .await;
+        for chunk in held.chunks(WRITE_CONCURRENCY) {
+            futures::future::join_all(chunk.iter().map(|h| self.renew_one(h))).await;
+        }
+    }
+
+    async fn renew_one(&self, h: &Arc<HeldLease>) {
+        let mut lease = h.lock().await;
+        if h.is_lost() {
+            return;
+        }
+        let sent = Instant::now();
+        match self.store.renew(&lease).await {
+            Ok(LeaseUpdate::Applied(updated)) => {
+                *lease = updated;
+                h.renewed(sent);
+            }
+            Ok(LeaseUpdate::Lost) => {
+                drop(lease);
+                self.lost(h);
+            }
+            Err(e) => {
+                self.metrics.renewal_failures.inc();
+                tracing::warn!(shard = %h.shard_id, error = %e, "lease renewal failed; will retry");
+            }
+        }
     }
 
     async fn renew_heartbeat(&self) {
@@ -224,14 +234,14 @@ impl<S: LeaseStore> Coordinator<S> {
         newly_dead
     }
 
-    /// One take cycle: scan, judge expiry, take and steal. Returns the leases newly acquired.
-    pub(crate) async fn take_cycle(&self) -> Vec<Arc<HeldLease>> {
+    /// One take cycle: scan, judge expiry, take and steal.
+    pub(crate) async fn take_cycle(&self) -> TakeOutcome {
         let items = match self.store.list().await {
             Ok(items) => items,
             Err(e) => {
                 self.metrics.lease_table_errors.with_label_values(&["list"]).inc();
                 tracing::warn!(error = %e, "lease table scan failed; will retry next cycle");
-                return Vec::new();
+                return TakeOutcome::default();
             }
         };
         let now = Instant::now();
@@ -241,7 +251,7 @@ impl<S: LeaseStore> Coordinator<S> {
         let mut peers = HashMap::new();
         let mut dead_heartbeats = Vec::new();
         let mut expired_keys = HashSet::new();
-        let dead_before = std::mem::take(&mut *self.dead.lock().unwrap_or_else(PoisonError::into_inner));
+        let dead_before = self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone();
         {
             let mut obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner);
             let present: HashSet<&LeaseKey> = items.iter().map(|l| &l.key).collect();
@@ -264,8 +274,12 @@ impl<S: LeaseStore> Coordinator<S> {
                 peers.insert(item.key.clone(), owner);
             }
         }
-        // A worker id with a live incarnation is alive.
+        // Remembered dead workers stay dead while they still own leases; a worker id with a
+        // live incarnation is alive.
+        let owners: HashSet<&WorkerId> = items.iter().filter_map(|l| l.owner.as_ref()).collect();
+        dead.extend(dead_before.iter().filter(|w| owners.contains(w)).cloned());
         dead.retain(|w| !live.contains(w));
+        self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&dead);
         *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
         for hb in dead_heartbeats {
             // Clean up: conditional on the counter seen, so a revived worker's renewal wins.
@@ -314,32 +328,16 @@ impl<S: LeaseStore> Coordinator<S> {
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
             TableSnapshot { leases: Arc::new(items.clone()), taken_at: Some(now) };
         if plan.is_empty() {
-            return Vec::new();
+            return TakeOutcome::default();
         }
         let by_key: HashMap<&LeaseKey, &Lease> = shard_leases.iter().map(|l| (&l.key, *l)).collect();
         let takes: Vec<(&Lease, TakeReason)> =
             plan.iter().filter_map(|(k, r)| by_key.get(k).map(|l| (*l, *r))).collect();
-        let acquired: Vec<Arc<HeldLease>> = futures::stream::iter(takes)
-            .map(|(lease, reason)| async move {
-                let sent = Instant::now();
-                match self.store.take(lease, me).await {
-                    Ok(LeaseUpdate::Applied(taken)) => {
-                        self.metrics.lease_takes.with_label_values(&[reason.as_str()]).inc();
-                        tracing::info!(shard = %lease.key, reason = reason.as_str(), from = ?lease.owner, "took lease");
-                        HeldLease::new(taken, sent, self.liveness.clone(), self.config.fence_after(), &self.token)
-                    }
-                    Ok(LeaseUpdate::Lost) => None,
-                    Err(e) => {
-                        self.metrics.lease_table_errors.with_label_values(&["take"]).inc();
-                        tracing::debug!(shard = %lease.key, error = %e, "take failed");
-                        None
-                    }
-                }
-            })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .filter_map(|h| async move { h.map(Arc::new) })
-            .collect()
-            .await;
+        let mut acquired: Vec<Arc<HeldLease>> = Vec::new();
+        for chunk in takes.chunks(WRITE_CONCURRENCY) {
+            let taken = futures::future::join_all(chunk.iter().map(|(l, r)| self.take_one(l, *r))).await;
+            acquired.extend(taken.into_iter().flatten());
+        }
         {
             let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
             for h in &acquired {
@@ -347,7 +345,27 @@ impl<S: LeaseStore> Coordinator<S> {
             }
         }
         self.metrics.leases_held.set(self.held_count() as i64);
-        acquired
+        // Lost races (another worker took the same lease) leave this worker under target:
+        // scan again soon rather than a whole take interval later.
+        let contended = acquired.len() < takes.len();
+        TakeOutcome { acquired, contended }
+    }
+
+    async fn take_one(&self, lease: &Lease, reason: TakeReason) -> Option<Arc<HeldLease>> {
+        let sent = Instant::now();
+        match self.store.take(lease, self.me()).await {
+            Ok(LeaseUpdate::Applied(taken)) => {
+                self.metrics.lease_takes.with_label_values(&[reason.as_str()]).inc();
+                tracing::info!(shard = %lease.key, reason = reason.as_str(), from = ?lease.owner, "took lease");
+                HeldLease::new(taken, sent, self.liveness.clone(), self.config.fence_after(), &self.token).map(Arc::new)
+            }
+            Ok(LeaseUpdate::Lost) => None,
+            Err(e) => {
+                self.metrics.lease_table_errors.with_label_values(&["take"]).inc();
+                tracing::debug!(shard = %lease.key, error = %e, "take failed");
+                None
+            }
+        }
     }
 
     /// Removes this worker's heartbeat on a clean stop, so peers stop watching it at once.

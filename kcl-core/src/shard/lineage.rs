@@ -80,10 +80,10 @@ pub(crate) fn leases_to_create(
 
 /// Whether a child may start: every parent's lease is at `SHARD_END`, or gone (cleaned up
 /// after finishing, or never created because the parent left the stream).
-pub(crate) fn first_unfinished_parent<'a>(
-    parents: &'a [ShardId],
+pub(crate) fn first_unfinished_parent(
+    parents: &[ShardId],
     checkpoint_of: impl Fn(&ShardId) -> Option<Checkpoint>,
-) -> Option<&'a ShardId> {
+) -> Option<&ShardId> {
     parents.iter().find(|p| checkpoint_of(p).is_some_and(|c| !c.is_shard_end()))
 }
 

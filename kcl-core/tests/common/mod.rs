@@ -1,0 +1,182 @@
+//! A fleet of workers on the stream simulator and the in-memory lease store, for scenario
+//! tests under paused tokio time.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kcl_core::testing::invariants::{self, Observed, Report};
+use kcl_core::testing::memory_store::MemoryLeaseStore;
+use kcl_core::testing::recording::{CheckpointPolicy, DeliveryLog, RecordingProcessorFactory};
+use kcl_core::testing::sim::{ChangeKind, SimRecord, StreamSimulator};
+use kcl_core::{Config, ConfigBuilder, Metrics, ShardId, StreamSource, Worker, WorkerError, WorkerHandle, WorkerId};
+use tokio::task::JoinHandle;
+
+pub const LEASE_DURATION: Duration = Duration::from_secs(10);
+
+pub struct Running {
+    pub handle: WorkerHandle,
+    pub task: JoinHandle<Result<(), WorkerError>>,
+}
+
+pub struct Fleet {
+    pub sim: StreamSimulator,
+    pub store: MemoryLeaseStore,
+    pub log: DeliveryLog,
+    pub workers: BTreeMap<String, Running>,
+    pub policy: CheckpointPolicy,
+    pub tune: fn(ConfigBuilder) -> ConfigBuilder,
+    written: usize,
+}
+
+impl Fleet {
+    pub fn new(sim: StreamSimulator, store: MemoryLeaseStore) -> Self {
+        Self {
+            sim,
+            store,
+            log: DeliveryLog::new(),
+            workers: BTreeMap::new(),
+            policy: CheckpointPolicy::EveryBatch,
+            tune: |b| b,
+            written: 0,
+        }
+    }
+
+    pub fn config(&self, name: &str) -> Config {
+        (self.tune)(Config::builder("scenario").worker_id(name).lease_duration(LEASE_DURATION)).build().unwrap()
+    }
+
+    /// Starts a worker named `name`.
+    pub fn start(&mut self, name: &str) {
+        let factory = RecordingProcessorFactory::new(WorkerId::new(name), self.log.clone()).checkpoint_policy(self.policy);
+        self.start_with(name, factory);
+    }
+
+    pub fn start_with(&mut self, name: &str, factory: RecordingProcessorFactory) {
+        let worker = Worker::with_metrics(self.config(name), self.sim.clone(), self.store.clone(), factory, Metrics::unregistered());
+        let handle = worker.handle();
+        let task = tokio::spawn(worker.run());
+        self.workers.insert(name.to_owned(), Running { handle, task });
+    }
+
+    /// Kills a worker as a crash would: its task is aborted, nothing is released.
+    pub fn crash(&mut self, name: &str) {
+        let running = self.workers.remove(name).expect("no such worker");
+        running.task.abort();
+    }
+
+    /// Stops a worker gracefully.
+    pub async fn stop(&mut self, name: &str) -> kcl_core::ShutdownOutcome {
+        let running = self.workers.remove(name).expect("no such worker");
+        let outcome = running.handle.shutdown(Duration::from_secs(25)).await;
+        running.task.await.expect("worker task panicked").expect("worker failed");
+        outcome
+    }
+
+    pub async fn stop_all(&mut self) {
+        let names: Vec<String> = self.workers.keys().cloned().collect();
+        for n in names {
+            self.stop(&n).await;
+        }
+    }
+
+    pub fn handle(&self, name: &str) -> &WorkerHandle {
+        &self.workers[name].handle
+    }
+
+    /// Writes `n` changes over `keys` items (insert, then modifies, some removes), one every
+    /// `every`.
+    pub async fn write(&mut self, n: usize, keys: usize, every: Duration) {
+        for _ in 0..n {
+            let i = self.written;
+            self.written += 1;
+            let key = format!("item-{}", i % keys);
+            let kind = match (i / keys, i % 7) {
+                (0, _) => ChangeKind::Insert,
+                (_, 6) => ChangeKind::Remove,
+                _ => ChangeKind::Modify,
+            };
+            self.sim.write(&key, kind);
+            if !every.is_zero() {
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+
+    /// Shard leases per owner (None = unowned), ignoring finished shards and heartbeats.
+    pub fn owners(&self) -> BTreeMap<Option<String>, usize> {
+        let mut out = BTreeMap::new();
+        for l in self.store.leases() {
+            if l.key.is_heartbeat() || l.checkpoint.is_shard_end() {
+                continue;
+            }
+            *out.entry(l.owner.map(|o| o.to_string())).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// True when every unfinished shard lease is owned by a running worker and the counts
+    /// differ by at most one.
+    pub fn balanced(&self) -> bool {
+        let owners = self.owners();
+        let live: Vec<&String> = self.workers.keys().collect();
+        if owners.keys().any(|o| o.as_ref().is_none_or(|o| !live.contains(&o))) {
+            return false;
+        }
+        let counts: Vec<usize> = live.iter().map(|w| owners.get(&Some((*w).clone())).copied().unwrap_or(0)).collect();
+        counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1
+    }
+
+    /// Waits (in simulated time) until `cond` holds, checking every 100 ms; returns the time it
+    /// took, or panics after `limit`.
+    pub async fn wait_for(&self, limit: Duration, what: &str, cond: impl Fn(&Self) -> bool) -> Duration {
+        let start = tokio::time::Instant::now();
+        loop {
+            if cond(self) {
+                return start.elapsed();
+            }
+            if std::env::var("FLEET_DEBUG").is_ok() && start.elapsed().subsec_millis() < 100 {
+                eprintln!("{:?} {what}: {:?}", start.elapsed(), self.owners());
+            }
+            assert!(start.elapsed() < limit, "timed out after {limit:?} (simulated) waiting for {what}; owners: {:?}", self.owners());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every retained record was processed at least once.
+    pub async fn drain(&self, limit: Duration) -> Duration {
+        self.wait_for(limit, "every written record to be processed", |f| {
+            let trimmed = f.sim.trimmed().len();
+            f.log.distinct_processed() + trimmed >= f.sim.written().len()
+        })
+        .await
+    }
+
+    pub async fn parents(&self) -> Vec<(ShardId, Vec<ShardId>)> {
+        self.sim.list_shards().await.unwrap().into_iter().map(|s| (s.id, s.parent_ids)).collect()
+    }
+
+    /// Runs the invariant checker over everything observed.
+    pub async fn check(&self) -> Report {
+        let written: Vec<SimRecord> = self.sim.written();
+        let trimmed = self.sim.trimmed();
+        let history = self.store.history();
+        let parents = self.parents().await;
+        invariants::check(&Observed {
+            written: &written,
+            trimmed: &trimmed,
+            log: &self.log,
+            lease_history: &history,
+            lease_duration: LEASE_DURATION,
+            parents: &parents,
+        })
+    }
+}
+
+/// Installs a test logger once (RUST_LOG controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
