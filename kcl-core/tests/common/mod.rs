@@ -26,6 +26,8 @@ pub struct Fleet {
     pub workers: BTreeMap<String, Running>,
     pub policy: CheckpointPolicy,
     pub tune: fn(ConfigBuilder) -> ConfigBuilder,
+    /// Time each process_records call takes.
+    pub processing_delay: Duration,
     written: usize,
 }
 
@@ -38,6 +40,7 @@ impl Fleet {
             workers: BTreeMap::new(),
             policy: CheckpointPolicy::EveryBatch,
             tune: |b| b,
+            processing_delay: Duration::ZERO,
             written: 0,
         }
     }
@@ -48,7 +51,8 @@ impl Fleet {
 
     /// Starts a worker named `name`.
     pub fn start(&mut self, name: &str) {
-        let factory = RecordingProcessorFactory::new(WorkerId::new(name), self.log.clone()).checkpoint_policy(self.policy);
+        let factory = RecordingProcessorFactory::new(WorkerId::new(name), self.log.clone()).checkpoint_policy(self.policy)
+            .processing_delay(self.processing_delay);
         self.start_with(name, factory);
     }
 
