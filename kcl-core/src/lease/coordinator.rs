@@ -13,6 +13,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,9 @@ use super::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId}
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::metrics::Metrics;
+
+/// Attempts at registering the heartbeat when a worker starts, for retryable errors.
+const START_RETRIES: usize = 10;
 
 /// Concurrent lease-table writes per batch of renewals or takes.
 const WRITE_CONCURRENCY: usize = 32;
@@ -93,8 +97,26 @@ impl<S: LeaseStore> Coordinator<S> {
         token: CancellationToken,
     ) -> Result<Self, LeaseStoreError> {
         let seed = incarnation_seed(config.worker_id());
-        let sent = Instant::now();
-        let heartbeat = register_heartbeat(&*store, config.worker_id(), seed).await?;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(config.min_retry_backoff)
+            .with_max_delay(config.max_retry_backoff)
+            .with_jitter()
+            .with_max_times(START_RETRIES)
+            .build();
+        let (sent, heartbeat) = loop {
+            let sent = Instant::now();
+            match register_heartbeat(&*store, config.worker_id(), seed).await {
+                Ok(hb) => break (sent, hb),
+                Err(e) if e.is_retryable() => match delays.next() {
+                    Some(d) => {
+                        tracing::warn!(error = %e, retry_in = ?d, "cannot register in the lease table yet; retrying");
+                        tokio::time::sleep(d).await;
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self {
             store,
             metrics,
@@ -225,7 +247,8 @@ impl<S: LeaseStore> Coordinator<S> {
             };
             if expired {
                 self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
-                if self.dead.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.clone()) {
+                let first_time = self.dead.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.clone());
+                if first_time {
                     tracing::info!(%worker, "worker stopped renewing its heartbeat; taking over its leases");
                     newly_dead = true;
                 }
@@ -295,7 +318,9 @@ impl<S: LeaseStore> Coordinator<S> {
         // A held lease that the table shows with another owner is lost.
         for item in &items {
             if held_keys.contains(&item.key) && !item.is_owned_by(me) {
-                if let Some(h) = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(&item.key).cloned() {
+                // Bind first: the guard must be gone before `lost` locks `held` again.
+                let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(&item.key).cloned();
+                if let Some(h) = held {
                     self.lost(&h);
                 }
             }

@@ -3,13 +3,18 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kcl_core::testing::invariants::{self, Observed, Report};
 use kcl_core::testing::memory_store::MemoryLeaseStore;
 use kcl_core::testing::recording::{CheckpointPolicy, DeliveryLog, RecordingProcessorFactory};
 use kcl_core::testing::sim::{ChangeKind, SimRecord, StreamSimulator};
-use kcl_core::{Config, ConfigBuilder, Metrics, ShardId, StreamSource, Worker, WorkerError, WorkerHandle, WorkerId};
+use kcl_core::{
+    Checkpoint, Config, ConfigBuilder, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, Metrics,
+    ShardId, StreamSource, Worker, WorkerError, WorkerHandle, WorkerId,
+};
 use tokio::task::JoinHandle;
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(10);
@@ -29,6 +34,8 @@ pub struct Fleet {
     /// Time each process_records call takes.
     pub processing_delay: Duration,
     written: usize,
+    /// Each worker's link to the lease table, by name.
+    pub links: BTreeMap<String, Arc<AtomicBool>>,
 }
 
 impl Fleet {
@@ -42,6 +49,7 @@ impl Fleet {
             tune: |b| b,
             processing_delay: Duration::ZERO,
             written: 0,
+            links: BTreeMap::new(),
         }
     }
 
@@ -57,7 +65,9 @@ impl Fleet {
     }
 
     pub fn start_with(&mut self, name: &str, factory: RecordingProcessorFactory) {
-        let worker = Worker::with_metrics(self.config(name), self.sim.clone(), self.store.clone(), factory, Metrics::unregistered());
+        let link = Link { inner: self.store.clone(), cut: Arc::new(AtomicBool::new(false)) };
+        self.links.insert(name.to_owned(), link.cut.clone());
+        let worker = Worker::with_metrics(self.config(name), self.sim.clone(), link, factory, Metrics::unregistered());
         let handle = worker.handle();
         let task = tokio::spawn(worker.run());
         self.workers.insert(name.to_owned(), Running { handle, task });
@@ -82,6 +92,11 @@ impl Fleet {
         for n in names {
             self.stop(&n).await;
         }
+    }
+
+    /// Cuts (or restores) one worker's connection to the lease table.
+    pub fn set_cut(&self, name: &str, cut: bool) {
+        self.links[name].store(cut, Ordering::SeqCst);
     }
 
     pub fn handle(&self, name: &str) -> &WorkerHandle {
@@ -124,7 +139,7 @@ impl Fleet {
     pub fn balanced(&self) -> bool {
         let owners = self.owners();
         let live: Vec<&String> = self.workers.keys().collect();
-        if owners.keys().any(|o| o.as_ref().is_none_or(|o| !live.contains(&o))) {
+        if owners.is_empty() || owners.keys().any(|o| o.as_ref().is_none_or(|o| !live.contains(&o))) {
             return false;
         }
         let counts: Vec<usize> = live.iter().map(|w| owners.get(&Some((*w).clone())).copied().unwrap_or(0)).collect();
@@ -183,4 +198,55 @@ pub fn init_tracing() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
+}
+
+/// A lease store one worker reaches through a link the test can cut (a network partition).
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub inner: MemoryLeaseStore,
+    pub cut: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn check(&self) -> Result<(), LeaseStoreError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(LeaseStoreError::new(LeaseStoreErrorKind::Transient, "connection reset (test link cut)"));
+        }
+        Ok(())
+    }
+}
+
+impl LeaseStore for Link {
+    async fn list(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.check()?;
+        self.inner.list().await
+    }
+    async fn get(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn create_if_absent(&self, lease: Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.create_if_absent(lease).await
+    }
+    async fn renew(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.renew(expected).await
+    }
+    async fn take(&self, expected: &Lease, new_owner: &WorkerId) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.take(expected, new_owner).await
+    }
+    async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.checkpoint(expected, checkpoint).await
+    }
+    async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.release(expected).await
+    }
+    async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.delete(expected).await
+    }
 }
