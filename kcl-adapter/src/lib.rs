@@ -1,0 +1,49 @@
+//! # kcl-adapter
+//!
+//! The AWS side of the `kcl-core` worker library: a DynamoDB stream as the core's
+//! [`StreamSource`](kcl_core::StreamSource) and a DynamoDB table as its
+//! [`LeaseStore`](kcl_core::LeaseStore), on the AWS SDK for Rust.
+//!
+//! - [`DynamoStreamsSource`] reads a stream (by ARN, or the latest stream of a table) and
+//!   delivers [`ChangeRecord`]s: event name, keys, old and new image, sequence number,
+//!   creation time, size, view type, TTL attribution, and typed decoding of keys and images
+//!   into your serde types.
+//! - [`DynamoLeaseStore`] keeps leases in a table laid out as Java KCL's (`leaseKey`,
+//!   `leaseOwner`, `leaseCounter`, `checkpoint`, …), so a team moving from KCL with the
+//!   DynamoDB Streams adapter continues from its checkpoints. Every write is conditional.
+//! - `local` (feature `local-emulator`) starts Amazon DynamoDB Local for tests.
+//!
+//! The adapter takes SDK clients you build (region, endpoint, credentials and timeouts come
+//! from `aws-config`); SDK errors are classified into the core's error kinds and kept as their
+//! source, never exposed in a public type.
+//!
+//! ```no_run
+//! use kcl_adapter::{DynamoLeaseStore, DynamoStreamsSource, TableOptions};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = aws_config::load_from_env().await;
+//! let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+//! let streams = aws_sdk_dynamodbstreams::Client::new(&config);
+//!
+//! let source = DynamoStreamsSource::from_table(&dynamodb, streams, "orders").await?;
+//! let leases = DynamoLeaseStore::new(dynamodb, "orders-consumer");
+//! leases.ensure_table(&TableOptions::default()).await?;
+//! // Hand `source` and `leases` to a `kcl_core::Worker`.
+//! # let _ = (source, leases);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+pub mod lease_table;
+#[cfg(feature = "local-emulator")]
+pub mod local;
+pub mod record;
+pub mod streams;
+
+pub use lease_table::{BillingMode, DynamoLeaseStore, TableOptions};
+pub use record::{
+    AttributeValue, ChangeKind, ChangeRecord, DecodeError, DecodeErrorKind, EventName, Item, StreamViewType,
+    UserIdentity,
+};
+pub use streams::DynamoStreamsSource;
