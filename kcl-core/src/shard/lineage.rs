@@ -16,18 +16,22 @@ use crate::source::ShardDescription;
 /// - Other shards are roots: they start at `initial`. With [`InitialPosition::Latest`], a
 ///   closed root is created already at `SHARD_END` (its data predates the application), and
 ///   its descendants are treated as roots too.
-/// - A shard that has no lease but one of whose children has is finished (its lease was
-///   cleaned up): it is not created again.
+/// - A shard that has no lease but a descendant that has is finished (its lease was cleaned
+///   up): it is not created again.
 pub(crate) fn leases_to_create(
     shards: &[ShardDescription],
     existing: &HashMap<ShardId, Checkpoint>,
     initial: InitialPosition,
 ) -> Vec<Lease> {
     let by_id: HashMap<&ShardId, &ShardDescription> = shards.iter().map(|s| (&s.id, s)).collect();
-    let mut children: HashMap<&ShardId, Vec<&ShardId>> = HashMap::new();
-    for s in shards {
-        for p in &s.parent_ids {
-            children.entry(p).or_default().push(&s.id);
+    // Ancestors of shards that have leases are finished (their leases were cleaned up).
+    let mut finished: HashSet<&ShardId> = HashSet::new();
+    let mut walk: Vec<&ShardId> = shards.iter().filter(|s| existing.contains_key(&s.id)).map(|s| &s.id).collect();
+    while let Some(id) = walk.pop() {
+        for p in by_id.get(id).map(|s| s.parent_ids.as_slice()).unwrap_or_default() {
+            if !existing.contains_key(p) && finished.insert(p) {
+                walk.push(p);
+            }
         }
     }
     // Shards handled so far in this pass: true when "real" (a child may follow it), false when
@@ -57,10 +61,7 @@ pub(crate) fn leases_to_create(
                 decided.insert(&shard.id, true);
                 continue;
             }
-            let finished_before = children
-                .get(&shard.id)
-                .is_some_and(|kids| kids.iter().any(|k| existing.contains_key(*k)));
-            if finished_before {
+            if finished.contains(&shard.id) {
                 decided.insert(&shard.id, true);
                 continue;
             }

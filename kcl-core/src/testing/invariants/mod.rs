@@ -28,7 +28,9 @@
 //! 7. **Redeliveries have a cause**: a record processed twice was, in between, retried after
 //!    a failed batch of the same worker, or its lease was taken or released, or a processor of
 //!    the shard saw `lease_lost` or `shutdown_requested`
-//!    ([`Violation::RedeliveryWithoutMove`]).
+//!    ([`Violation::RedeliveryWithoutMove`]). A take or release away from one of the two
+//!    workers up to one lease duration before the first delivery counts as well: a worker whose
+//!    lease was stolen may go on delivering until its fencing window closes.
 //!
 //! Log entries carry tokio [`Instant`]s; under paused time many are equal, and the position in
 //! the log breaks ties. Lease events and log entries are compared by time only, with equal

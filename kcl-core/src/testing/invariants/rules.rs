@@ -45,12 +45,6 @@ fn entry_at(entry: &LogEntry) -> Instant {
     }
 }
 
-/// True when `sorted` holds a value in `lo..=hi`.
-fn any_in_closed<T: Ord>(sorted: &[T], lo: &T, hi: &T) -> bool {
-    let i = sorted.partition_point(|x| x < lo);
-    sorted.get(i).is_some_and(|x| x <= hi)
-}
-
 /// True when `sorted` holds a value in `lo..=hi` but not `lo` itself.
 fn any_in_half_open<T: Ord>(sorted: &[T], lo: &T, hi: &T) -> bool {
     let i = sorted.partition_point(|x| x <= lo);
@@ -421,15 +415,29 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
 }
 
 /// Rule 7: a record processed again had a cause in between: a lease move, a failed batch of
-/// the redelivering worker, or a `lease_lost` / `shutdown_requested` on the shard. A move up
-/// to one lease duration before the first delivery counts too: after a steal the old owner
-/// may go on delivering until its fencing window closes (rule 5 bounds that).
+/// the redelivering worker, or a `lease_lost` / `shutdown_requested` on the shard. A move away
+/// from one of the two delivering workers up to one lease duration before the first delivery
+/// counts too: after a steal the old owner may go on delivering until its fencing window
+/// closes (rule 5 bounds that).
 pub(super) fn redeliveries(ix: &Index<'_>, lease_duration: Duration, out: &mut Vec<Violation>) {
-    let mut moves: HashMap<&str, Vec<Instant>> = HashMap::new();
+    // Per lease: takes and releases by time, with the owner they moved the lease away from.
+    let mut moves: HashMap<&str, Vec<(Instant, Option<&WorkerId>)>> = HashMap::new();
     for (&key, events) in &ix.leases {
-        let times = events.iter().filter(|e| matches!(e.op, LeaseOp::Take | LeaseOp::Release)).map(|e| e.at);
-        moves.insert(key, times.collect());
+        let list = events
+            .iter()
+            .filter(|e| matches!(e.op, LeaseOp::Take | LeaseOp::Release))
+            .map(|e| (e.at, e.owner_before.as_ref()));
+        moves.insert(key, list.collect());
     }
+    let moved = |key: &str, d1: &Delivery, d2: &Delivery| -> bool {
+        let Some(list) = moves.get(key) else { return false };
+        let from = d1.at.checked_sub(lease_duration).unwrap_or(d1.at);
+        let start = list.partition_point(|(at, _)| *at < from);
+        list[start..]
+            .iter()
+            .take_while(|(at, _)| *at <= d2.at)
+            .any(|(at, before)| *at >= d1.at || before.is_some_and(|b| *b == d1.worker || *b == d2.worker))
+    };
     let mut failures: HashMap<(&WorkerId, &str), Vec<usize>> = HashMap::new();
     let mut stops: HashMap<&str, Vec<usize>> = HashMap::new();
     for (pos, entry) in ix.entries.iter().enumerate() {
@@ -456,8 +464,7 @@ pub(super) fn redeliveries(ix: &Index<'_>, lease_duration: Duration, out: &mut V
         }
         let key = d2.shard_id.as_str();
         let (lo, hi) = (p1.min(p2), p1.max(p2));
-        let from = d1.at.checked_sub(lease_duration).unwrap_or(d1.at);
-        let moved = moves.get(key).is_some_and(|t| any_in_closed(t, &from, &d2.at));
+        let moved = moved(key, d1, d2);
         let retried = failures.get(&(&d2.worker, key)).is_some_and(|p| any_in_open(p, &lo, &hi));
         let stopped = stops.get(key).is_some_and(|p| any_in_open(p, &lo, &hi));
         if !(moved || retried || stopped) {

@@ -225,6 +225,37 @@ const CASES: &[Case] = &[
         },
         &[],
     ),
+    (
+        "stale owner delivers after a steal, then the new owner",
+        |s| {
+            s.write("s2", 12, "c", 1);
+            s.lease(9.0, LeaseOp::Take, "s2", w("w1"), w("w2"), at(11));
+            s.deliver("w1", "s2", &[12], 9.5, Processed);
+            s.init("w2", "s2", 10.0);
+            s.deliver("w2", "s2", &[12], 10.5, Processed);
+        },
+        &[],
+    ),
+    (
+        "new owner delivers after a steal, then the stale owner",
+        |s| {
+            s.write("s2", 12, "c", 1);
+            s.lease(9.0, LeaseOp::Take, "s2", w("w1"), w("w2"), at(11));
+            s.init("w2", "s2", 9.0);
+            s.deliver("w2", "s2", &[12], 9.2, Processed);
+            s.deliver("w1", "s2", &[12], 9.5, Processed);
+        },
+        &[],
+    ),
+    (
+        "a take between other workers excuses nothing",
+        |s| {
+            // Before w1's first delivery at 8 s, the lease moved between w3 and w4 only.
+            s.lease(6.5, LeaseOp::Take, "s2", w("w3"), w("w4"), Checkpoint::TrimHorizon);
+            s.deliver("w1", "s2", &[11], 9.5, Processed);
+        },
+        &["ShardOrder", "RedeliveryWithoutMove"],
+    ),
     // Rule 3: versions of item "d" live on unrelated shards s3 and s4.
     (
         "later version processed first",

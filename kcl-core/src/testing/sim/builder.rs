@@ -29,6 +29,8 @@ pub(super) struct Settings {
     pub(super) auto_rotate_every: Option<Duration>,
     pub(super) auto_split_every: Option<Duration>,
     pub(super) read_latency: Duration,
+    /// Wall-clock time at which the simulator was built; `None` for a fixed base.
+    pub(super) wall_clock_base: Option<std::time::SystemTime>,
 }
 
 /// Configures a [`StreamSimulator`]. Every knob has DynamoDB's value (or "off") as default.
@@ -62,6 +64,7 @@ impl Default for SimulatorBuilder {
                 auto_rotate_every: None,
                 auto_split_every: None,
                 read_latency: Duration::ZERO,
+                wall_clock_base: None,
             },
         }
     }
@@ -127,6 +130,14 @@ impl SimulatorBuilder {
     /// due at the same instant the rotation comes first. `None` (default) turns it off.
     pub fn auto_split_every(mut self, period: Option<Duration>) -> Self {
         self.settings.auto_split_every = period.map(|p| p.max(MIN_AUTO_PERIOD));
+        self
+    }
+
+    /// Stamps records with the real wall clock (the time the simulator was built plus the
+    /// elapsed tokio time) instead of a fixed base in November 2023, so that lag figures are
+    /// meaningful in programs that run in real time. Default: fixed base (deterministic).
+    pub fn real_wall_clock(mut self) -> Self {
+        self.settings.wall_clock_base = Some(std::time::SystemTime::now());
         self
     }
 

@@ -37,7 +37,12 @@ const HASH_SPACE: u128 = 1 << 64;
 
 /// The simulated wall-clock time `ns` nanoseconds after the simulator was built.
 pub(super) fn wall_clock(ns: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_UNIX_SECS) + Duration::from_nanos(ns)
+    wall_clock_from(None, ns)
+}
+
+/// Like [`wall_clock`], from `base` when the simulator runs on the real wall clock.
+pub(super) fn wall_clock_from(base: Option<SystemTime>, ns: u64) -> SystemTime {
+    base.unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_UNIX_SECS)) + Duration::from_nanos(ns)
 }
 
 /// Whole nanoseconds of a duration, saturating at `u64::MAX` (about 584 years).
@@ -352,7 +357,7 @@ impl State {
             key: e.key.to_string(),
             kind: e.kind,
             version: e.version,
-            created_at: wall_clock(e.at_ns),
+            created_at: wall_clock_from(self.settings.wall_clock_base, e.at_ns),
         }
     }
 
