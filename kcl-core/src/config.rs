@@ -262,8 +262,17 @@ impl ConfigBuilder {
         let inverted = |smaller: &'static str, sv: Duration, larger: &'static str, lv: Duration| {
             (sv >= lv).then_some(ConfigError::Inverted { smaller, smaller_value: sv, larger, larger_value: lv })
         };
-        if let Some(e) = inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration)
-            .or_else(|| inverted("min_retry_backoff", c.min_retry_backoff, "max_retry_backoff", c.max_retry_backoff + Duration::from_nanos(1)))
+        if let Some(e) =
+            inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration).or_else(
+                || {
+                    inverted(
+                        "min_retry_backoff",
+                        c.min_retry_backoff,
+                        "max_retry_backoff",
+                        c.max_retry_backoff + Duration::from_nanos(1),
+                    )
+                },
+            )
         {
             return Err(e);
         }

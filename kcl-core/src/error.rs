@@ -37,9 +37,13 @@ impl WorkerError {
 
 fn lease_table_hint(e: &LeaseStoreError) -> String {
     let fix = match e.kind() {
-        LeaseStoreErrorKind::TableNotFound => "create it first (the adapter's ensure_table does) or check the application name and region",
+        LeaseStoreErrorKind::TableNotFound => {
+            "create it first (the adapter's ensure_table does) or check the application name and region"
+        }
         LeaseStoreErrorKind::AccessDenied => "grant the worker's role read and write access to the lease table",
-        LeaseStoreErrorKind::Malformed => "the table holds items this worker cannot read: is it another application's table?",
+        LeaseStoreErrorKind::Malformed => {
+            "the table holds items this worker cannot read: is it another application's table?"
+        }
         _ => "check the lease table and the worker's connectivity",
     };
     format!("cannot use the lease table: {e}; {fix}")

@@ -25,9 +25,9 @@ pub mod processor;
 pub mod shard;
 pub mod source;
 pub mod status;
-pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
 pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition};
@@ -36,8 +36,9 @@ pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKin
 pub use metrics::Metrics;
 pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, RecordProcessorFactory};
 pub use shard::ShardId;
+pub use source::{
+    RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamRecord,
+    StreamSource,
+};
 pub use status::{ShardState, ShardStatus, WorkerStatus};
 pub use worker::{ShutdownOutcome, Worker, WorkerHandle};
-pub use source::{
-    RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamRecord, StreamSource,
-};

@@ -10,6 +10,8 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 pub struct Metrics {
     pub(crate) records_processed: IntCounter,
     pub(crate) batches: IntCounterVec,
+    /// `batches{result="ok"}`, resolved once (the hot path).
+    pub(crate) batches_ok: IntCounter,
     pub(crate) batch_seconds: Histogram,
     pub(crate) iterator_age_seconds: IntGauge,
     pub(crate) leases_held: IntGauge,
@@ -17,6 +19,8 @@ pub struct Metrics {
     pub(crate) leases_lost: IntCounter,
     pub(crate) renewal_failures: IntCounter,
     pub(crate) read_seconds: HistogramVec,
+    /// `read_seconds` for successful reads, resolved once (the hot path).
+    pub(crate) read_ok_seconds: Histogram,
     pub(crate) read_errors: IntCounterVec,
     pub(crate) checkpoints: IntCounterVec,
     pub(crate) trimmed_data: IntCounter,
@@ -32,12 +36,23 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     /// Creates the metric set and registers it in `registry`.
     pub fn new(registry: &Registry) -> Result<Self, MetricsError> {
+        let read_seconds = HistogramVec::new(
+            HistogramOpts::new("kcl_get_records_seconds", "Latency of a stream read, by result")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["result"],
+        )?;
+        let batches = IntCounterVec::new(
+            Opts::new("kcl_batches_total", "process_records calls by result (ok, error)"),
+            &["result"],
+        )?;
         let m = Self {
-            records_processed: IntCounter::new("kcl_records_processed_total", "Records delivered to process_records and handled")?,
-            batches: IntCounterVec::new(
-                Opts::new("kcl_batches_total", "process_records calls by result (ok, error)"),
-                &["result"],
+            read_ok_seconds: read_seconds.with_label_values(&["ok"]),
+            batches_ok: batches.with_label_values(&["ok"]),
+            records_processed: IntCounter::new(
+                "kcl_records_processed_total",
+                "Records delivered to process_records and handled",
             )?,
+            batches,
             batch_seconds: Histogram::with_opts(
                 HistogramOpts::new("kcl_batch_processing_seconds", "Time spent in one process_records call")
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
@@ -56,11 +71,7 @@ impl Metrics {
                 "kcl_lease_renewal_failures_total",
                 "Lease or heartbeat renewals that failed with an error (not a lost race)",
             )?,
-            read_seconds: HistogramVec::new(
-                HistogramOpts::new("kcl_get_records_seconds", "Latency of a stream read, by result")
-                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-                &["result"],
-            )?,
+            read_seconds,
             read_errors: IntCounterVec::new(
                 Opts::new("kcl_get_records_errors_total", "Stream read and iterator errors, by kind"),
                 &["kind"],

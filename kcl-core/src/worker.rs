@@ -109,7 +109,13 @@ where
     F: RecordProcessorFactory<S::Record>,
 {
     /// A worker registering its metrics in `registry`.
-    pub fn new(config: Config, source: S, store: L, factory: F, registry: &prometheus::Registry) -> Result<Self, WorkerError> {
+    pub fn new(
+        config: Config,
+        source: S,
+        store: L,
+        factory: F,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, WorkerError> {
         let metrics = Metrics::new(registry)?;
         Ok(Self::with_metrics(config, source, store, factory, metrics))
     }
@@ -184,7 +190,8 @@ where
         // so that leases stay renewed while shards checkpoint during a graceful shutdown.
         let background = self.abort.child_token();
         let mut tasks = JoinSet::new();
-        tasks.spawn(renew_loop(coordinator.clone(), self.config.renew_interval(), background.clone()).in_current_span());
+        tasks
+            .spawn(renew_loop(coordinator.clone(), self.config.renew_interval(), background.clone()).in_current_span());
         tasks.spawn(sync.run(ended_rx, background.clone()).in_current_span());
 
         let mut consumers: JoinSet<(LeaseKey, ConsumerExit)> = JoinSet::new();

@@ -21,7 +21,8 @@ async fn joining_worker_is_balanced_within_two_take_cycles() {
 
     fleet.start("c");
     // The take interval is the lease duration: two cycles.
-    let took = fleet.wait_for(2 * LEASE_DURATION + Duration::from_secs(1), "c to get its share", |f| f.balanced()).await;
+    let took =
+        fleet.wait_for(2 * LEASE_DURATION + Duration::from_secs(1), "c to get its share", |f| f.balanced()).await;
     assert_eq!(fleet.owners().get(&Some("c".to_owned())), Some(&10), "took {took:?}");
     fleet.write(200, 50, Duration::from_millis(5)).await;
     fleet.drain(Duration::from_secs(60)).await;

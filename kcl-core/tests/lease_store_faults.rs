@@ -63,7 +63,12 @@ async fn lease_table_outage_fences_every_worker_then_recovers() {
         .collect();
     assert!(!during.is_empty(), "workers keep processing what they safely own early in the outage");
     let late: Vec<_> = during.iter().filter(|d| d.at > outage + fence + Duration::from_millis(100)).collect();
-    assert!(late.is_empty(), "{} deliveries after the fencing window, first at {:?}", late.len(), late.first().map(|d| d.at - outage));
+    assert!(
+        late.is_empty(),
+        "{} deliveries after the fencing window, first at {:?}",
+        late.len(),
+        late.first().map(|d| d.at - outage)
+    );
     fleet.stop_all().await;
     fleet.check().await.assert_ok();
 }
@@ -81,7 +86,9 @@ async fn a_worker_cut_off_from_the_table_stops_before_its_leases_move_and_rejoin
     let b = Worker::with_metrics(fleet.config("b"), sim.clone(), link, factory, Metrics::unregistered());
     let b_handle = b.handle();
     let b_task = tokio::spawn(b.run());
-    fleet.wait_for(Duration::from_secs(60), "b to hold half", |f| f.owners().get(&Some("b".to_owned())) == Some(&3)).await;
+    fleet
+        .wait_for(Duration::from_secs(60), "b to hold half", |f| f.owners().get(&Some("b".to_owned())) == Some(&3))
+        .await;
     fleet.write(100, 20, Duration::from_millis(10)).await;
 
     let cut_at = tokio::time::Instant::now();
@@ -99,7 +106,9 @@ async fn a_worker_cut_off_from_the_table_stops_before_its_leases_move_and_rejoin
         .log
         .deliveries()
         .into_iter()
-        .filter(|d| d.worker.as_str() == "b" && d.at > cut_at + fleet.config("b").fence_after() + Duration::from_millis(100))
+        .filter(|d| {
+            d.worker.as_str() == "b" && d.at > cut_at + fleet.config("b").fence_after() + Duration::from_millis(100)
+        })
         .filter(|d| d.at < cut_at + Duration::from_secs(30))
         .count();
     assert_eq!(b_late, 0, "b delivered after its fencing window while cut off");

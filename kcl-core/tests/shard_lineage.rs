@@ -36,7 +36,10 @@ async fn rotations_and_splits_under_load_keep_item_order() {
     let report = fleet.check().await;
     report.assert_ok();
     assert_eq!(report.stats.lost, 0);
-    assert!(kcl_core::StreamSource::list_shards(&sim).await.map(|s| s.len()).unwrap_or(0) > 12, "the test must have produced many generations");
+    assert!(
+        kcl_core::StreamSource::list_shards(&sim).await.map(|s| s.len()).unwrap_or(0) > 12,
+        "the test must have produced many generations"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -46,9 +46,18 @@ fn status_line(t: Duration, workers: &BTreeMap<String, Running>, log: &DeliveryL
     for (name, w) in workers {
         let s = w.handle.status();
         let lag = s.max_lag().map_or("-".to_owned(), |l| format!("{:.1}s", l.as_secs_f64()));
-        parts.push(format!("{name}: {:>2} leases {:>5} rec lag {lag}", s.leases_held(), log.processed_by(&WorkerId::new(name))));
+        parts.push(format!(
+            "{name}: {:>2} leases {:>5} rec lag {lag}",
+            s.leases_held(),
+            log.processed_by(&WorkerId::new(name))
+        ));
     }
-    format!("t={:>4.1}s | written {written:>5} | processed {:>5} | {}", t.as_secs_f64(), log.distinct_processed(), parts.join(" | "))
+    format!(
+        "t={:>4.1}s | written {written:>5} | processed {:>5} | {}",
+        t.as_secs_f64(),
+        log.distinct_processed(),
+        parts.join(" | ")
+    )
 }
 
 #[tokio::main]
@@ -59,8 +68,16 @@ async fn main() -> ExitCode {
     let sim = StreamSimulator::builder().seed(42).initial_shards(8).real_wall_clock().build();
     let store = MemoryLeaseStore::new();
     let log = DeliveryLog::new();
-    println!("kcl-rs quickstart: 3 workers, 8 shards, {WRITES_PER_SECOND} changes/s for {}s over {ITEMS} items", WRITE_FOR.as_secs());
-    println!("  worker-2 is killed (no handoff) at {}s, a shard splits at {}s, worker-4 joins at {}s", KILL_AT.as_secs(), SPLIT_AT.as_secs(), JOIN_AT.as_secs());
+    println!(
+        "kcl-rs quickstart: 3 workers, 8 shards, {WRITES_PER_SECOND} changes/s for {}s over {ITEMS} items",
+        WRITE_FOR.as_secs()
+    );
+    println!(
+        "  worker-2 is killed (no handoff) at {}s, a shard splits at {}s, worker-4 joins at {}s",
+        KILL_AT.as_secs(),
+        SPLIT_AT.as_secs(),
+        JOIN_AT.as_secs()
+    );
 
     let mut workers = BTreeMap::new();
     for name in ["worker-1", "worker-2", "worker-3"] {
@@ -101,7 +118,10 @@ async fn main() -> ExitCode {
             killed = true;
             if let Some(w) = workers.remove("worker-2") {
                 w.task.abort();
-                println!("t={:>4.1}s | killed worker-2: its leases fail over after about one lease duration", t.as_secs_f64());
+                println!(
+                    "t={:>4.1}s | killed worker-2: its leases fail over after about one lease duration",
+                    t.as_secs_f64()
+                );
             }
         }
         if !split && t >= SPLIT_AT {
@@ -149,8 +169,14 @@ async fn main() -> ExitCode {
     });
     let s = &report.stats;
     println!();
-    println!("summary: written {} | processed {} (distinct {}) | duplicated {} | lost {}", s.written, s.delivered, s.distinct_delivered, s.duplicates, s.lost);
-    println!("         duplicates come only from the killed worker's unacknowledged batches; invariant violations: {}", report.violations.len());
+    println!(
+        "summary: written {} | processed {} (distinct {}) | duplicated {} | lost {}",
+        s.written, s.delivered, s.distinct_delivered, s.duplicates, s.lost
+    );
+    println!(
+        "         duplicates come only from the killed worker's unacknowledged batches; invariant violations: {}",
+        report.violations.len()
+    );
     for v in report.violations.iter().take(10) {
         println!("  - {v}");
     }

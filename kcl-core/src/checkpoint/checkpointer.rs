@@ -60,7 +60,10 @@ pub trait Checkpointer: Send + Sync {
 
     /// Checkpoints at `sequence_number`, which must be a delivered record's and not behind the
     /// stored checkpoint.
-    fn checkpoint_at(&self, sequence_number: &SequenceNumber) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+    fn checkpoint_at(
+        &self,
+        sequence_number: &SequenceNumber,
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
 }
 
 /// The checkpointer of one held lease.
@@ -142,10 +145,7 @@ impl<S: LeaseStore> Checkpointer for LeaseCheckpointer<S> {
     async fn checkpoint_at(&self, sequence_number: &SequenceNumber) -> Result<(), CheckpointError> {
         let last = self.last_delivered();
         if last.as_ref().is_none_or(|l| sequence_number > l) {
-            return Err(CheckpointError::BeyondDelivered {
-                requested: sequence_number.clone(),
-                last_delivered: last,
-            });
+            return Err(CheckpointError::BeyondDelivered { requested: sequence_number.clone(), last_delivered: last });
         }
         self.write(Checkpoint::At(sequence_number.clone())).await
     }

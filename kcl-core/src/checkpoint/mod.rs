@@ -4,8 +4,8 @@
 mod checkpointer;
 mod sequence;
 
-pub use checkpointer::{CheckpointError, Checkpointer};
 pub(crate) use checkpointer::LeaseCheckpointer;
+pub use checkpointer::{CheckpointError, Checkpointer};
 pub use sequence::{SequenceNumber, SequenceNumberError};
 
 use std::fmt;

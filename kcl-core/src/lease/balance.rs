@@ -87,10 +87,8 @@ pub(crate) fn plan_takes(
         mine += 1;
     }
     while mine < target {
-        let Some((&victim, &victim_count)) = counts
-            .iter()
-            .filter(|(w, _)| **w != me)
-            .max_by_key(|(w, c)| (**c, owned_by.get(**w).map_or(0, Vec::len)))
+        let Some((&victim, &victim_count)) =
+            counts.iter().filter(|(w, _)| **w != me).max_by_key(|(w, c)| (**c, owned_by.get(**w).map_or(0, Vec::len)))
         else {
             break;
         };
@@ -119,7 +117,8 @@ mod tests {
         let mut out = Vec::new();
         for (owner, n) in owners {
             for _ in 0..*n {
-                let mut l = Lease::new_for_shard(&ShardId::new(format!("s{}", out.len())), Checkpoint::TrimHorizon, vec![]);
+                let mut l =
+                    Lease::new_for_shard(&ShardId::new(format!("s{}", out.len())), Checkpoint::TrimHorizon, vec![]);
                 l.owner = owner.map(WorkerId::new);
                 out.push(l);
             }
@@ -149,7 +148,8 @@ mod tests {
     fn table() {
         use TakeReason::*;
         // (me, leases by owner, expired owner, live workers, cap, unowned, expired, stolen)
-        type Row<'a> = (&'a str, Vec<(Option<&'a str>, usize)>, Option<&'a str>, Vec<&'a str>, usize, usize, usize, usize);
+        type Row<'a> =
+            (&'a str, Vec<(Option<&'a str>, usize)>, Option<&'a str>, Vec<&'a str>, usize, usize, usize, usize);
         let rows: Vec<Row<'_>> = vec![
             // Fresh start, alone: take everything.
             ("a", vec![(None, 10)], None, vec!["a"], usize::MAX, 10, 0, 0),
@@ -160,7 +160,16 @@ mod tests {
             // A joiner steals its whole share in one cycle from the loaded workers.
             ("c", vec![(Some("a"), 50), (Some("b"), 50)], None, vec!["a", "b", "c"], usize::MAX, 0, 0, 33),
             // Dead worker: survivors split its leases (target 10 each, b already has 10).
-            ("a", vec![(Some("a"), 10), (Some("b"), 10), (Some("c"), 10)], Some("c"), vec!["a", "b"], usize::MAX, 0, 5, 0),
+            (
+                "a",
+                vec![(Some("a"), 10), (Some("b"), 10), (Some("c"), 10)],
+                Some("c"),
+                vec!["a", "b"],
+                usize::MAX,
+                0,
+                5,
+                0,
+            ),
             // Balanced within one: nothing to do.
             ("a", vec![(Some("a"), 3), (Some("b"), 4), (Some("c"), 3)], None, vec!["a", "b", "c"], usize::MAX, 0, 0, 0),
             // 4,4,2 -> the worker with 2 steals one, not two (would leave a victim under it).

@@ -228,14 +228,23 @@ impl<S: LeaseStore> Coordinator<S> {
 
     /// Reads the other workers' heartbeats. Returns true when one was newly judged dead.
     pub(crate) async fn poll_heartbeats(&self) -> bool {
-        let peers: Vec<(LeaseKey, WorkerId)> =
-            self.peers.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(k, w)| (k.clone(), w.clone())).collect();
+        let peers: Vec<(LeaseKey, WorkerId)> = self
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
         let mut newly_dead = false;
         for (key, worker) in peers {
             let now = Instant::now();
             let expired = match self.store.get(&key).await {
                 Ok(Some(item)) => {
-                    let obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner).observe(&key, item.counter, now);
+                    let obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner).observe(
+                        &key,
+                        item.counter,
+                        now,
+                    );
                     now.duration_since(obs.since) >= self.config.lease_duration()
                 }
                 // Gone: its owner removed it on a clean stop, or another worker judged it dead.
@@ -260,7 +269,7 @@ impl<S: LeaseStore> Coordinator<S> {
     /// One take cycle: scan, judge expiry, take and steal.
     pub(crate) async fn take_cycle(&self) -> TakeOutcome {
         let items = match self.store.list().await {
-            Ok(items) => items,
+            Ok(items) => Arc::new(items),
             Err(e) => {
                 self.metrics.lease_table_errors.with_label_values(&["list"]).inc();
                 tracing::warn!(error = %e, "lease table scan failed; will retry next cycle");
@@ -279,7 +288,7 @@ impl<S: LeaseStore> Coordinator<S> {
             let mut obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner);
             let present: HashSet<&LeaseKey> = items.iter().map(|l| &l.key).collect();
             obs.by_key.retain(|k, _| present.contains(k));
-            for item in &items {
+            for item in items.iter() {
                 let o = obs.observe(&item.key, item.counter, now);
                 if now.duration_since(o.since) >= lease_duration {
                     expired_keys.insert(item.key.clone());
@@ -316,7 +325,7 @@ impl<S: LeaseStore> Coordinator<S> {
         let held_keys: HashSet<LeaseKey> =
             self.held.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
         // A held lease that the table shows with another owner is lost.
-        for item in &items {
+        for item in items.iter() {
             if held_keys.contains(&item.key) && !item.is_owned_by(me) {
                 // Bind first: the guard must be gone before `lost` locks `held` again.
                 let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(&item.key).cloned();
@@ -339,7 +348,12 @@ impl<S: LeaseStore> Coordinator<S> {
                     Some(o) => dead.contains(o) || expired_keys.contains(&l.key),
                 },
             })
-            .chain(shard_leases.iter().filter(|l| held_keys.contains(&l.key)).map(|l| Candidate { lease: l, expired: false }))
+            .chain(
+                shard_leases
+                    .iter()
+                    .filter(|l| held_keys.contains(&l.key))
+                    .map(|l| Candidate { lease: l, expired: false }),
+            )
             .collect();
         let held_now = self.held_count();
         let plan = plan_takes(
@@ -351,7 +365,7 @@ impl<S: LeaseStore> Coordinator<S> {
             self.seed ^ self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
-            TableSnapshot { leases: Arc::new(items.clone()), taken_at: Some(now) };
+            TableSnapshot { leases: items.clone(), taken_at: Some(now) };
         if plan.is_empty() {
             return TakeOutcome::default();
         }
@@ -406,7 +420,11 @@ impl<S: LeaseStore> Coordinator<S> {
     }
 }
 
-async fn register_heartbeat<S: LeaseStore>(store: &S, me: &WorkerId, incarnation: u64) -> Result<Lease, LeaseStoreError> {
+async fn register_heartbeat<S: LeaseStore>(
+    store: &S,
+    me: &WorkerId,
+    incarnation: u64,
+) -> Result<Lease, LeaseStoreError> {
     let mut lease = Lease::new_for_shard(&crate::shard::ShardId::new("-"), Checkpoint::TrimHorizon, Vec::new());
     lease.key = LeaseKey::heartbeat(me, incarnation);
     lease.owner = Some(me.clone());

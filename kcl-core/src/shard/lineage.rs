@@ -99,8 +99,7 @@ pub(crate) fn leases_to_delete<'a>(leases: &'a [Lease], shards: &[ShardDescripti
             children.entry(p).or_default().push(&s.id);
         }
     }
-    let by_shard: HashMap<ShardId, &Lease> =
-        leases.iter().filter_map(|l| l.key.shard_id().map(|id| (id, l))).collect();
+    let by_shard: HashMap<ShardId, &Lease> = leases.iter().filter_map(|l| l.key.shard_id().map(|id| (id, l))).collect();
     let started = |id: &ShardId| {
         by_shard.get(id).is_some_and(|l| matches!(l.checkpoint, Checkpoint::At(_) | Checkpoint::ShardEnd))
     };
@@ -139,13 +138,14 @@ mod tests {
         }
     }
 
-    fn created(shards: &[ShardDescription], existing: &[(&str, Checkpoint)], initial: InitialPosition) -> Vec<(String, Checkpoint)> {
+    fn created(
+        shards: &[ShardDescription],
+        existing: &[(&str, Checkpoint)],
+        initial: InitialPosition,
+    ) -> Vec<(String, Checkpoint)> {
         let existing: HashMap<ShardId, Checkpoint> =
             existing.iter().map(|(id, c)| (ShardId::new(*id), c.clone())).collect();
-        leases_to_create(shards, &existing, initial)
-            .into_iter()
-            .map(|l| (l.key.to_string(), l.checkpoint))
-            .collect()
+        leases_to_create(shards, &existing, initial).into_iter().map(|l| (l.key.to_string(), l.checkpoint)).collect()
     }
 
     #[test]
@@ -153,14 +153,28 @@ mod tests {
         use Checkpoint::*;
         use InitialPosition as P;
         // Listing deliberately puts children before parents.
-        let lineage = vec![shard("c1", &["p"], false), shard("c2", &["p"], false), shard("p", &["g"], true), shard("g", &[], true)];
-        let cases: Vec<(Vec<(&str, Checkpoint)>, P, Vec<(&str, Checkpoint)>)> = vec![
+        let lineage = vec![
+            shard("c1", &["p"], false),
+            shard("c2", &["p"], false),
+            shard("p", &["g"], true),
+            shard("g", &[], true),
+        ];
+        type Case<'a> = (Vec<(&'a str, Checkpoint)>, P, Vec<(&'a str, Checkpoint)>);
+        let cases: Vec<Case<'_>> = vec![
             // Fresh table, TRIM_HORIZON: everything from the start, parents first.
-            (vec![], P::TrimHorizon, vec![("g", TrimHorizon), ("p", TrimHorizon), ("c1", TrimHorizon), ("c2", TrimHorizon)]),
+            (
+                vec![],
+                P::TrimHorizon,
+                vec![("g", TrimHorizon), ("p", TrimHorizon), ("c1", TrimHorizon), ("c2", TrimHorizon)],
+            ),
             // Fresh table, LATEST: closed ancestors skipped, open leaves at LATEST.
             (vec![], P::Latest, vec![("g", ShardEnd), ("p", ShardEnd), ("c1", Latest), ("c2", Latest)]),
             // Parent already leased: children are children (TRIM_HORIZON) whatever the initial position.
-            (vec![("g", ShardEnd), ("p", At(SequenceNumber::from_u128(5)))], P::Latest, vec![("c1", TrimHorizon), ("c2", TrimHorizon)]),
+            (
+                vec![("g", ShardEnd), ("p", At(SequenceNumber::from_u128(5)))],
+                P::Latest,
+                vec![("c1", TrimHorizon), ("c2", TrimHorizon)],
+            ),
             // A cleaned-up ancestor is not created again when its children have leases.
             (vec![("c1", TrimHorizon), ("c2", TrimHorizon)], P::TrimHorizon, vec![]),
         ];
@@ -173,7 +187,11 @@ mod tests {
 
     #[test]
     fn child_records_parents() {
-        let got = leases_to_create(&[shard("p", &[], true), shard("c", &["p"], false)], &HashMap::new(), InitialPosition::TrimHorizon);
+        let got = leases_to_create(
+            &[shard("p", &[], true), shard("c", &["p"], false)],
+            &HashMap::new(),
+            InitialPosition::TrimHorizon,
+        );
         assert_eq!(got[1].parent_shard_ids, vec![ShardId::new("p")]);
     }
 
@@ -184,11 +202,20 @@ mod tests {
             move |id: &ShardId| if id.as_str() == "a" { a.clone() } else { b.clone() }
         };
         let at = Checkpoint::At(SequenceNumber::from_u128(3));
-        assert_eq!(first_unfinished_parent(&parents, state(Some(Checkpoint::ShardEnd), Some(Checkpoint::ShardEnd))), None);
+        assert_eq!(
+            first_unfinished_parent(&parents, state(Some(Checkpoint::ShardEnd), Some(Checkpoint::ShardEnd))),
+            None
+        );
         assert_eq!(first_unfinished_parent(&parents, state(None, Some(Checkpoint::ShardEnd))), None);
         assert_eq!(first_unfinished_parent(&parents, state(None, None)), None);
-        assert_eq!(first_unfinished_parent(&parents, state(Some(Checkpoint::ShardEnd), Some(at))).map(ShardId::as_str), Some("b"));
-        assert_eq!(first_unfinished_parent(&parents, state(Some(Checkpoint::TrimHorizon), None)).map(ShardId::as_str), Some("a"));
+        assert_eq!(
+            first_unfinished_parent(&parents, state(Some(Checkpoint::ShardEnd), Some(at))).map(ShardId::as_str),
+            Some("b")
+        );
+        assert_eq!(
+            first_unfinished_parent(&parents, state(Some(Checkpoint::TrimHorizon), None)).map(ShardId::as_str),
+            Some("a")
+        );
     }
 
     #[test]
@@ -202,11 +229,19 @@ mod tests {
         let listing = vec![shard("p", &[], true), shard("c", &["p"], false)];
         let cases = vec![
             (vec![lease("p", Checkpoint::ShardEnd, None), lease("c", at(), Some("w"))], listing.clone(), vec!["p"]),
-            (vec![lease("p", Checkpoint::ShardEnd, None), lease("c", Checkpoint::TrimHorizon, Some("w"))], listing.clone(), vec![]),
+            (
+                vec![lease("p", Checkpoint::ShardEnd, None), lease("c", Checkpoint::TrimHorizon, Some("w"))],
+                listing.clone(),
+                vec![],
+            ),
             (vec![lease("p", Checkpoint::ShardEnd, Some("w")), lease("c", at(), None)], listing.clone(), vec![]),
             (vec![lease("p", at(), None), lease("c", at(), None)], listing.clone(), vec![]),
             // Gone from the stream, child leased: delete even though the child is idle.
-            (vec![lease("p", Checkpoint::ShardEnd, None), lease("c", Checkpoint::TrimHorizon, None)], vec![shard("c", &["p"], false)], vec!["p"]),
+            (
+                vec![lease("p", Checkpoint::ShardEnd, None), lease("c", Checkpoint::TrimHorizon, None)],
+                vec![shard("c", &["p"], false)],
+                vec!["p"],
+            ),
             // Closed with no children listed yet: keep (children may appear late).
             (vec![lease("p", Checkpoint::ShardEnd, None)], vec![shard("p", &[], true)], vec![]),
         ];

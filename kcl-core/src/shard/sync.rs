@@ -74,7 +74,9 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
                 continue;
             }
             match self.coordinator.store().create_if_absent(lease).await {
-                Ok(LeaseUpdate::Applied(l)) => tracing::info!(shard = %l.key, checkpoint = %l.checkpoint, "created lease"),
+                Ok(LeaseUpdate::Applied(l)) => {
+                    tracing::info!(shard = %l.key, checkpoint = %l.checkpoint, "created lease")
+                }
                 Ok(LeaseUpdate::Lost) => {}
                 Err(e) => {
                     self.metrics.lease_table_errors.with_label_values(&["create"]).inc();

@@ -2,8 +2,8 @@
 //! an in-memory stream simulator faithful to DynamoDB Streams, an in-memory lease store with
 //! DynamoDB's conditional semantics, a recording processor, an invariant checker, and the
 //! contract suites that the fakes and the real implementations must both pass.
-pub mod memory_store;
 pub mod contract;
-pub mod recording;
 pub mod invariants;
+pub mod memory_store;
+pub mod recording;
 pub mod sim;

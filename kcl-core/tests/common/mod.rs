@@ -12,8 +12,8 @@ use kcl_core::testing::memory_store::MemoryLeaseStore;
 use kcl_core::testing::recording::{CheckpointPolicy, DeliveryLog, RecordingProcessorFactory};
 use kcl_core::testing::sim::{ChangeKind, SimRecord, StreamSimulator};
 use kcl_core::{
-    Checkpoint, Config, ConfigBuilder, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, Metrics,
-    ShardId, StreamSource, Worker, WorkerError, WorkerHandle, WorkerId,
+    Checkpoint, Config, ConfigBuilder, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate,
+    Metrics, ShardId, StreamSource, Worker, WorkerError, WorkerHandle, WorkerId,
 };
 use tokio::task::JoinHandle;
 
@@ -59,7 +59,8 @@ impl Fleet {
 
     /// Starts a worker named `name`.
     pub fn start(&mut self, name: &str) {
-        let factory = RecordingProcessorFactory::new(WorkerId::new(name), self.log.clone()).checkpoint_policy(self.policy)
+        let factory = RecordingProcessorFactory::new(WorkerId::new(name), self.log.clone())
+            .checkpoint_policy(self.policy)
             .processing_delay(self.processing_delay);
         self.start_with(name, factory);
     }
@@ -157,7 +158,11 @@ impl Fleet {
             if std::env::var("FLEET_DEBUG").is_ok() && start.elapsed().subsec_millis() < 100 {
                 eprintln!("{:?} {what}: {:?}", start.elapsed(), self.owners());
             }
-            assert!(start.elapsed() < limit, "timed out after {limit:?} (simulated) waiting for {what}; owners: {:?}", self.owners());
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} (simulated) waiting for {what}; owners: {:?}",
+                self.owners()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
