@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Installs what it needs itself (DynamoDB Local, the advisory checker), then checks formatting,
+# lints, RustSec advisories (offline, against ../shared/advisory-db) and runs every test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "emulators (DynamoDB Local 3.3.0 on Java 17)"
+bash .ci/install-emulators.sh
+
+step "formatting"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+if [ -f .ci/audit.sh ]; then
+  step "RustSec advisories (offline)"
+  bash .ci/audit.sh
+fi
+
+step "tests (unit, contract, scenario, seeded soak, DynamoDB Local, fleet of processes)"
+cargo test --workspace --all-features --no-fail-fast
