@@ -251,3 +251,92 @@ async fn continues_after_a_kcl_checkpoint_without_reprocessing() {
     let keys: Vec<&str> = rest.iter().map(|r| r.partition_key()).collect();
     assert_eq!(keys, ["pk=item-3", "pk=item-4"]);
 }
+
+/// Collects the partition keys it is given and checkpoints every batch.
+#[derive(Clone, Debug, Default)]
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl kcl_core::RecordProcessor<kcl_adapter::ChangeRecord> for Collect {
+    async fn process_records(
+        &mut self,
+        batch: &kcl_core::Batch<kcl_adapter::ChangeRecord>,
+        checkpointer: &impl kcl_core::Checkpointer,
+    ) -> Result<(), kcl_core::ProcessorError> {
+        let keys = batch.records.iter().map(|r| r.partition_key().to_owned());
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(keys);
+        checkpointer.checkpoint().await.map_err(|e| kcl_core::ProcessorError::new(e.to_string()))
+    }
+}
+
+/// The whole worker, pointed at a lease table KCL left behind (its worker gone), takes the
+/// expired lease and continues after KCL's checkpoint: nothing KCL processed is processed again.
+#[tokio::test]
+async fn a_worker_continues_a_kcl_lease_table_without_reprocessing() {
+    let local = DynamoDbLocal::shared();
+    let data_table = unique_name("kcl-data");
+    let arn = local.create_stream_table(&data_table).await;
+    let dynamodb = local.dynamodb_client();
+    for i in 0..6 {
+        let put = dynamodb.put_item().table_name(&data_table).item("pk", s(&format!("item-{i}"))).send().await;
+        put.unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    let source = DynamoStreamsSource::from_stream_arn(local.streams_client(), arn);
+    let shards = source.list_shards().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shards.len(), 1, "a fresh table has one shard");
+    let shard = shards[0].id.clone();
+    let it = source.shard_iterator(&shard, &StartPosition::TrimHorizon).await.unwrap_or_else(|e| panic!("{e}"));
+    let all = source.read(&it, 1000).await.unwrap_or_else(|e| panic!("{e}")).records;
+    let kcl_checkpoint = all[3].sequence_number().as_str().to_owned();
+
+    let (table, client) = kcl_table().await;
+    seed(
+        &client,
+        &table,
+        item(&[
+            ("leaseKey", s(shard.as_str())),
+            ("leaseOwner", s("kcl-worker-1")),
+            ("leaseCounter", n("41")),
+            ("checkpoint", s(&kcl_checkpoint)),
+            ("checkpointSubSequenceNumber", n("0")),
+            ("ownerSwitchesSinceCheckpoint", n("0")),
+        ]),
+    )
+    .await;
+    let store = DynamoLeaseStore::new(client.clone(), table.clone());
+    let config = kcl_core::Config::builder("kcl-continue")
+        .worker_id("rust-worker")
+        .lease_duration(std::time::Duration::from_secs(3))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = Collect::default();
+    let factory = {
+        let seen = seen.clone();
+        move |_: &ShardId| seen.clone()
+    };
+    let worker =
+        kcl_core::Worker::with_metrics(config, source, store.clone(), factory, kcl_core::Metrics::unregistered());
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the worker did not take over the KCL lease within 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Give a wrongly rewound consumer the chance to deliver more before stopping.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    handle.shutdown(std::time::Duration::from_secs(10)).await;
+    task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+
+    let keys = seen.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert_eq!(keys, ["pk=item-4", "pk=item-5"], "only the records after KCL's checkpoint");
+    let lease = store.get(&LeaseKey::for_shard(&shard)).await.unwrap_or_else(|e| panic!("{e}"));
+    let lease = lease.unwrap_or_else(|| panic!("the lease vanished"));
+    assert_eq!(lease.checkpoint, Checkpoint::At(all[5].sequence_number().clone()));
+    assert_eq!(lease.owner, None, "released on shutdown");
+    let stored = raw(&client, &table, shard.as_str()).await;
+    assert_eq!(
+        stored.get("checkpoint"),
+        Some(&s(all[5].sequence_number().as_str())),
+        "written back in the stream's own spelling"
+    );
+}
