@@ -16,10 +16,10 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-if [ -f .ci/audit.sh ]; then
-  step "RustSec advisories (offline)"
-  bash .ci/audit.sh
-fi
+step "RustSec advisories (offline, against ../shared/advisory-db)"
+# cargo-audit is built once per machine (several minutes), then reused.
+export KCL_TOOLS_DIR="${KCL_TOOLS_DIR:-$HOME/.cache/kcl-tools}"
+bash .ci/audit.sh
 
 step "tests (unit, contract, scenario, seeded soak, DynamoDB Local, fleet of processes)"
 cargo test --workspace --all-features --no-fail-fast

@@ -16,6 +16,23 @@ pub enum InitialPosition {
     Latest,
 }
 
+/// What to do with a batch whose retries are exhausted (see [`ConfigBuilder::max_retry_attempts`]
+/// and [`ConfigBuilder::max_record_age`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnRetriesExhausted {
+    /// Send the failed records to the dead-letter destination and go on (default). Without a
+    /// destination, the records are skipped: counted in `kcl_records_skipped_total`, logged
+    /// with shard and sequence numbers, and shown in the worker's status.
+    #[default]
+    DeadLetter,
+    /// Stop the shard there and keep retrying (with the maximum backoff) until the processor
+    /// succeeds: nothing is skipped, the shard falls behind.
+    StopShard,
+}
+
+/// Default timeout of one `process_records` call.
+pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Default lease duration: a lease not renewed for this long may be taken.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(10);
 /// Default time between full scans of the lease table (take and balance cycle).
@@ -100,6 +117,11 @@ pub struct Config {
     pub(crate) initial_position: InitialPosition,
     pub(crate) min_retry_backoff: Duration,
     pub(crate) max_retry_backoff: Duration,
+    pub(crate) max_retry_attempts: Option<u32>,
+    pub(crate) max_record_age: Option<Duration>,
+    pub(crate) bisect_on_failure: bool,
+    pub(crate) processing_timeout: Option<Duration>,
+    pub(crate) on_retries_exhausted: OnRetriesExhausted,
 }
 
 impl Config {
@@ -121,6 +143,11 @@ impl Config {
                 initial_position: InitialPosition::default(),
                 min_retry_backoff: DEFAULT_MIN_RETRY_BACKOFF,
                 max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+                max_retry_attempts: None,
+                max_record_age: None,
+                bisect_on_failure: false,
+                processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
+                on_retries_exhausted: OnRetriesExhausted::DeadLetter,
             },
             take_interval_set: false,
         }
@@ -233,6 +260,37 @@ impl ConfigBuilder {
         self
     }
 
+    /// Retries of a failing batch before it counts as exhausted. Default: unlimited (retry
+    /// until it succeeds or [`max_record_age`](Self::max_record_age) is reached).
+    pub fn max_retry_attempts(mut self, n: u32) -> Self {
+        self.config.max_retry_attempts = Some(n);
+        self
+    }
+    /// A failing batch whose oldest record is older than this counts as exhausted. Default:
+    /// unlimited.
+    pub fn max_record_age(mut self, age: Duration) -> Self {
+        self.config.max_record_age = Some(age);
+        self
+    }
+    /// Split a failing batch in two and retry each half, down to single records, so that only
+    /// the bad records are retried and dead-lettered. Default: off.
+    pub fn bisect_on_failure(mut self, on: bool) -> Self {
+        self.config.bisect_on_failure = on;
+        self
+    }
+    /// Longest one `process_records` call may take; it is then cancelled and counted as a
+    /// failure, so a hung processor cannot hold a shard forever. Default
+    /// [`DEFAULT_PROCESSING_TIMEOUT`] (5 min); `None` for no limit.
+    pub fn processing_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.processing_timeout = timeout;
+        self
+    }
+    /// What to do when retries are exhausted. Default [`OnRetriesExhausted::DeadLetter`].
+    pub fn on_retries_exhausted(mut self, action: OnRetriesExhausted) -> Self {
+        self.config.on_retries_exhausted = action;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(mut self) -> Result<Config, ConfigError> {
         if !self.take_interval_set {
@@ -254,6 +312,8 @@ impl ConfigBuilder {
             ("idle_time_between_reads", c.idle_time_between_reads),
             ("min_retry_backoff", c.min_retry_backoff),
             ("max_retry_backoff", c.max_retry_backoff),
+            ("max_record_age", c.max_record_age.unwrap_or(Duration::MAX)),
+            ("processing_timeout", c.processing_timeout.unwrap_or(Duration::MAX)),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod config;
 mod consumer;
+pub mod dead_letter;
 pub mod error;
 pub mod lease;
 pub mod metrics;
@@ -30,7 +31,8 @@ pub mod testing;
 pub mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
-pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition};
+pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition, OnRetriesExhausted};
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink, NoDeadLetter};
 pub use error::WorkerError;
 pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};
 pub use metrics::Metrics;

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub(crate) trimmed_data: IntCounter,
     pub(crate) shards_ended: IntCounter,
     pub(crate) lease_table_errors: IntCounterVec,
+    pub(crate) dead_lettered: IntCounter,
+    pub(crate) skipped: IntCounter,
+    pub(crate) processing_timeouts: IntCounter,
 }
 
 /// A metric could not be registered (most often: two workers registered in one registry).
@@ -89,8 +92,23 @@ impl Metrics {
                 Opts::new("kcl_lease_table_errors_total", "Lease table errors, by operation"),
                 &["operation"],
             )?,
+            dead_lettered: IntCounter::new(
+                "kcl_dead_letter_records_total",
+                "Records sent to the dead-letter destination after their retries were exhausted",
+            )?,
+            skipped: IntCounter::new(
+                "kcl_records_skipped_total",
+                "Records skipped after their retries were exhausted, with no dead-letter destination",
+            )?,
+            processing_timeouts: IntCounter::new(
+                "kcl_processing_timeouts_total",
+                "process_records calls cancelled for exceeding the processing timeout",
+            )?,
         };
         registry.register(Box::new(m.records_processed.clone()))?;
+        registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.skipped.clone()))?;
+        registry.register(Box::new(m.processing_timeouts.clone()))?;
         registry.register(Box::new(m.batches.clone()))?;
         registry.register(Box::new(m.batch_seconds.clone()))?;
         registry.register(Box::new(m.iterator_age_seconds.clone()))?;

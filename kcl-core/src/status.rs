@@ -53,6 +53,10 @@ pub struct WorkerStatus {
     pub records_processed: u64,
     /// Trimmed-data occurrences in total.
     pub trimmed_events: u64,
+    /// Records sent to the dead-letter destination.
+    pub records_dead_lettered: u64,
+    /// Records skipped after exhausted retries with no dead-letter destination.
+    pub records_skipped: u64,
 }
 
 impl WorkerStatus {
@@ -82,6 +86,8 @@ impl StatusBoard {
                 shards_ended: 0,
                 records_processed: 0,
                 trimmed_events: 0,
+                records_dead_lettered: 0,
+                records_skipped: 0,
             }),
         }
     }
@@ -115,6 +121,15 @@ impl StatusBoard {
         s.trimmed_events += 1;
         if let Some(entry) = s.shards.get_mut(shard) {
             entry.trimmed_events += 1;
+        }
+    }
+
+    pub(crate) fn given_up(&self, count: u64, dead_lettered: bool) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if dead_lettered {
+            s.records_dead_lettered += count;
+        } else {
+            s.records_skipped += count;
         }
     }
 

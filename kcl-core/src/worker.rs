@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::consumer::{ConsumerContext, ConsumerExit};
+use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
 use crate::lease::coordinator::Coordinator;
 use crate::lease::{LeaseKey, LeaseStore};
@@ -39,8 +40,9 @@ use crate::status::{StatusBoard, WorkerStatus};
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Worker<S, L, F> {
+pub struct Worker<S, L, F, D = NoDeadLetter> {
     source: Arc<S>,
+    dead_letter: Option<Arc<D>>,
     store: Arc<L>,
     factory: Arc<F>,
     config: Arc<Config>,
@@ -102,7 +104,7 @@ impl WorkerHandle {
     }
 }
 
-impl<S, L, F> Worker<S, L, F>
+impl<S, L, F> Worker<S, L, F, NoDeadLetter>
 where
     S: StreamSource,
     L: LeaseStore,
@@ -125,6 +127,7 @@ where
         let status = Arc::new(StatusBoard::new(config.worker_id().clone()));
         Self {
             source: Arc::new(source),
+            dead_letter: None,
             store: Arc::new(store),
             factory: Arc::new(factory),
             config: Arc::new(config),
@@ -136,6 +139,31 @@ where
         }
     }
 
+    /// Sends records whose retries are exhausted to `sink` (see
+    /// [`OnRetriesExhausted`](crate::OnRetriesExhausted)).
+    pub fn with_dead_letter<D: DeadLetterSink<S::Record>>(self, sink: D) -> Worker<S, L, F, D> {
+        Worker {
+            source: self.source,
+            dead_letter: Some(Arc::new(sink)),
+            store: self.store,
+            factory: self.factory,
+            config: self.config,
+            metrics: self.metrics,
+            status: self.status,
+            shutdown: self.shutdown,
+            abort: self.abort,
+            done: self.done,
+        }
+    }
+}
+
+impl<S, L, F, D> Worker<S, L, F, D>
+where
+    S: StreamSource,
+    L: LeaseStore,
+    F: RecordProcessorFactory<S::Record>,
+    D: DeadLetterSink<S::Record>,
+{
     /// A handle to stop the worker and read its status.
     pub fn handle(&self) -> WorkerHandle {
         WorkerHandle {
@@ -184,6 +212,7 @@ where
             status: self.status.clone(),
             shutdown: self.shutdown.clone(),
             shard_ended: ended_tx,
+            dead_letter: self.dead_letter.clone(),
         });
 
         // Background tasks stop when `background` is cancelled: after consumers have finished,
@@ -238,7 +267,7 @@ where
     /// Runs a take cycle, starts consumers for what it acquired, and says when to run the next.
     async fn take(
         &self,
-        ctx: &Arc<ConsumerContext<S, L>>,
+        ctx: &Arc<ConsumerContext<S, L, D>>,
         coordinator: &Coordinator<L>,
         consumers: &mut JoinSet<(LeaseKey, ConsumerExit)>,
     ) -> Instant {

@@ -179,16 +179,17 @@ pub(super) fn shard_order(ix: &Index<'_>, out: &mut Vec<Violation>) {
             }
             LogEntry::Delivery(d) => {
                 let prev = last.insert((&d.worker, d.shard_id.as_str()), (&d.sequence_number, d.outcome));
-                if let Some((prev_seq, prev_outcome)) = prev {
-                    if prev_outcome != DeliveryOutcome::Failed && d.sequence_number <= *prev_seq {
-                        out.push(Violation::ShardOrder {
-                            worker: d.worker.clone(),
-                            shard: d.shard_id.clone(),
-                            previous: prev_seq.clone(),
-                            sequence_number: d.sequence_number.clone(),
-                            at: ix.since(d.at),
-                        });
-                    }
+                if let Some((prev_seq, prev_outcome)) = prev
+                    && prev_outcome != DeliveryOutcome::Failed
+                    && d.sequence_number <= *prev_seq
+                {
+                    out.push(Violation::ShardOrder {
+                        worker: d.worker.clone(),
+                        shard: d.shard_id.clone(),
+                        previous: prev_seq.clone(),
+                        sequence_number: d.sequence_number.clone(),
+                        at: ix.since(d.at),
+                    });
                 }
             }
             _ => {}
@@ -208,21 +209,21 @@ pub(super) fn item_order(ix: &Index<'_>, out: &mut Vec<Violation>) {
         let mut latest: Option<(Order, usize)> = None;
         for &w in item {
             let Some((order, di)) = ix.first_processed[w] else { continue };
-            if let Some((latest_order, lw)) = latest {
-                if order < latest_order {
-                    let (r, lr) = (&ix.written[w], &ix.written[lw]);
-                    out.push(Violation::ItemOrder {
-                        key: r.key.clone(),
-                        version: r.version,
-                        shard: r.shard_id.clone(),
-                        sequence_number: r.sequence_number.clone(),
-                        at: ix.since(ix.delivery(di).at),
-                        earlier_version: lr.version,
-                        earlier_shard: lr.shard_id.clone(),
-                        earlier_sequence_number: lr.sequence_number.clone(),
-                        earlier_at: ix.since(latest_order.0),
-                    });
-                }
+            if let Some((latest_order, lw)) = latest
+                && order < latest_order
+            {
+                let (r, lr) = (&ix.written[w], &ix.written[lw]);
+                out.push(Violation::ItemOrder {
+                    key: r.key.clone(),
+                    version: r.version,
+                    shard: r.shard_id.clone(),
+                    sequence_number: r.sequence_number.clone(),
+                    at: ix.since(ix.delivery(di).at),
+                    earlier_version: lr.version,
+                    earlier_shard: lr.shard_id.clone(),
+                    earlier_sequence_number: lr.sequence_number.clone(),
+                    earlier_at: ix.since(latest_order.0),
+                });
             }
             if ix.retained[w] && latest.is_none_or(|(o, _)| order > o) {
                 latest = Some((order, w));
@@ -265,17 +266,17 @@ pub(super) fn parents_first(ix: &Index<'_>, parents: &[(ShardId, Vec<ShardId>)],
         let Some(&((child_at, _), child_di)) = shard_first.get(child.as_str()) else { continue };
         let child_first = ix.delivery(child_di);
         for parent in child_parents {
-            if let Some(&(parent_order, pw)) = shard_done.get(parent.as_str()) {
-                if parent_order > (child_at, ix.deliveries[child_di].0) {
-                    out.push(Violation::ChildBeforeParent {
-                        child: child.clone(),
-                        child_sequence_number: child_first.sequence_number.clone(),
-                        child_at: ix.since(child_at),
-                        parent: parent.clone(),
-                        parent_sequence_number: ix.written[pw].sequence_number.clone(),
-                        parent_at: ix.since(parent_order.0),
-                    });
-                }
+            if let Some(&(parent_order, pw)) = shard_done.get(parent.as_str())
+                && parent_order > (child_at, ix.deliveries[child_di].0)
+            {
+                out.push(Violation::ChildBeforeParent {
+                    child: child.clone(),
+                    child_sequence_number: child_first.sequence_number.clone(),
+                    child_at: ix.since(child_at),
+                    parent: parent.clone(),
+                    parent_sequence_number: ix.written[pw].sequence_number.clone(),
+                    parent_at: ix.since(parent_order.0),
+                });
             }
             let Some(events) = ix.leases.get(parent.as_str()) else { continue };
             // A parent whose every record was trimmed is gone from the stream: no wait.
@@ -372,15 +373,15 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 }
                 _ => {}
             }
-            if let Some(p) = prev {
-                if !p.may_advance_to(&e.checkpoint_after) {
-                    out.push(Violation::CheckpointBackwards {
-                        key: e.key.clone(),
-                        from: p.clone(),
-                        to: e.checkpoint_after.clone(),
-                        at: ix.since(e.at),
-                    });
-                }
+            if let Some(p) = prev
+                && !p.may_advance_to(&e.checkpoint_after)
+            {
+                out.push(Violation::CheckpointBackwards {
+                    key: e.key.clone(),
+                    from: p.clone(),
+                    to: e.checkpoint_after.clone(),
+                    at: ix.since(e.at),
+                });
             }
             prev = Some(&e.checkpoint_after);
             if e.op != LeaseOp::Checkpoint {

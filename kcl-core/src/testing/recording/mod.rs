@@ -277,11 +277,11 @@ impl DeliveryLog {
             let mut distinct = HashSet::new();
             let mut processed = 0;
             for e in entries {
-                if let LogEntry::Delivery(d) = e {
-                    if d.outcome == DeliveryOutcome::Processed {
-                        processed += 1;
-                        distinct.insert((&d.shard_id, &d.sequence_number));
-                    }
+                if let LogEntry::Delivery(d) = e
+                    && d.outcome == DeliveryOutcome::Processed
+                {
+                    processed += 1;
+                    distinct.insert((&d.shard_id, &d.sequence_number));
                 }
             }
             (processed, distinct.len())
@@ -541,7 +541,7 @@ impl<R: RecordVersion> RecordProcessor<R> for RecordingProcessor<R> {
         self.batches += 1;
         let due = match self.settings.policy {
             CheckpointPolicy::EveryBatch => true,
-            CheckpointPolicy::EveryNBatches(n) => self.batches % n.max(1) == 0,
+            CheckpointPolicy::EveryNBatches(n) => self.batches.is_multiple_of(n.max(1)),
             CheckpointPolicy::Never => false,
         };
         if due {
