@@ -126,10 +126,10 @@ async fn main() -> ExitCode {
         }
         if !split && t >= SPLIT_AT {
             split = true;
-            if let Some(shard) = sim.open_shards().first().cloned() {
-                if let Ok((a, b)) = sim.split(&shard) {
-                    println!("t={:>4.1}s | shard {shard} split into {a} and {b}", t.as_secs_f64());
-                }
+            if let Some(shard) = sim.open_shards().first().cloned()
+                && let Ok((a, b)) = sim.split(&shard)
+            {
+                println!("t={:>4.1}s | shard {shard} split into {a} and {b}", t.as_secs_f64());
             }
         }
         if !joined && t >= JOIN_AT {
