@@ -205,24 +205,33 @@ async fn reads_kcl_leases_and_writes_them_back_without_losing_attributes() {
     assert!(!stored.contains_key("pendingCheckpoint") && !stored.contains_key("pendingCheckpointSubSequenceNumber"));
 }
 
-/// A lease KCL checkpointed on a real shard continues right after that record: nothing before
-/// it is read again.
-#[tokio::test]
-async fn continues_after_a_kcl_checkpoint_without_reprocessing() {
+/// A fresh table with a stream and `n` items put into it: the source, its one shard, and the
+/// shard's records.
+async fn stream_with_items(n: usize) -> (DynamoStreamsSource, ShardId, Vec<kcl_adapter::ChangeRecord>) {
     let local = DynamoDbLocal::shared();
     let data_table = unique_name("kcl-data");
     let arn = local.create_stream_table(&data_table).await;
     let dynamodb = local.dynamodb_client();
-    for i in 0..5 {
+    for i in 0..n {
         let put = dynamodb.put_item().table_name(&data_table).item("pk", s(&format!("item-{i}"))).send().await;
         put.unwrap_or_else(|e| panic!("{e:?}"));
     }
     let source = DynamoStreamsSource::from_stream_arn(local.streams_client(), arn);
     let shards = source.list_shards().await.unwrap_or_else(|e| panic!("{e}"));
-    let shard = &shards[0].id;
-    let it = source.shard_iterator(shard, &StartPosition::TrimHorizon).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shards.len(), 1, "a fresh table has one shard");
+    let shard = shards[0].id.clone();
+    let it = source.shard_iterator(&shard, &StartPosition::TrimHorizon).await.unwrap_or_else(|e| panic!("{e}"));
     let all = source.read(&it, 1000).await.unwrap_or_else(|e| panic!("{e}")).records;
-    assert_eq!(all.len(), 5);
+    assert_eq!(all.len(), n);
+    (source, shard, all)
+}
+
+/// A lease KCL checkpointed on a real shard continues right after that record: nothing before
+/// it is read again.
+#[tokio::test]
+async fn continues_after_a_kcl_checkpoint_without_reprocessing() {
+    let (source, shard, all) = stream_with_items(5).await;
+    let shard = &shard;
     // KCL processed the first three and checkpointed the third, as the stream spelled it.
     let kcl_checkpoint = all[2].sequence_number().as_str().to_owned();
 
@@ -272,20 +281,7 @@ impl kcl_core::RecordProcessor<kcl_adapter::ChangeRecord> for Collect {
 /// expired lease and continues after KCL's checkpoint: nothing KCL processed is processed again.
 #[tokio::test]
 async fn a_worker_continues_a_kcl_lease_table_without_reprocessing() {
-    let local = DynamoDbLocal::shared();
-    let data_table = unique_name("kcl-data");
-    let arn = local.create_stream_table(&data_table).await;
-    let dynamodb = local.dynamodb_client();
-    for i in 0..6 {
-        let put = dynamodb.put_item().table_name(&data_table).item("pk", s(&format!("item-{i}"))).send().await;
-        put.unwrap_or_else(|e| panic!("{e:?}"));
-    }
-    let source = DynamoStreamsSource::from_stream_arn(local.streams_client(), arn);
-    let shards = source.list_shards().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(shards.len(), 1, "a fresh table has one shard");
-    let shard = shards[0].id.clone();
-    let it = source.shard_iterator(&shard, &StartPosition::TrimHorizon).await.unwrap_or_else(|e| panic!("{e}"));
-    let all = source.read(&it, 1000).await.unwrap_or_else(|e| panic!("{e}")).records;
+    let (source, shard, all) = stream_with_items(6).await;
     let kcl_checkpoint = all[3].sequence_number().as_str().to_owned();
 
     let (table, client) = kcl_table().await;
