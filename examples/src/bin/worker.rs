@@ -1,0 +1,349 @@
+//! A fleet worker: one process of a fleet (for example an ECS service) consuming a DynamoDB
+//! stream with `kcl-core`, sharing the shards with every other process of the same
+//! application through the lease table.
+//!
+//! ```text
+//! worker --table orders --application-name orders-archiver --processor jsonl --output /tmp/orders.jsonl
+//! worker --table orders --application-name orders-replica --processor replicate --target-table orders-copy
+//! ```
+//!
+//! Every flag has an environment variable (`KCL_TABLE`, `KCL_APPLICATION_NAME`, …; see
+//! `--help`). Credentials, region and endpoint come from the AWS default chain
+//! (`AWS_REGION`, `AWS_ENDPOINT_URL`, the ECS task role, …); `--endpoint-url` overrides the
+//! endpoint for both DynamoDB and DynamoDB Streams (DynamoDB Local).
+//!
+//! It serves `/metrics`, `/healthz` and `/status` on `--metrics-addr` and prints the bound
+//! address on stdout as one line `METRICS http://ADDR` (logs go to stderr). On SIGTERM or
+//! SIGINT it stops gracefully: processors get `shutdown_requested`, every shard is
+//! checkpointed and its lease released, so other workers continue at once. Exit codes: 0 after
+//! a graceful stop, 1 when the worker cannot start (the message names the problem and the
+//! fix), 2 for a usage error (clap), 3 when the shutdown deadline passed or a second signal
+//! cut the shutdown short (unreleased leases then expire normally).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use clap::{ArgGroup, Parser, ValueEnum};
+use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
+use kcl_core::{Config, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle};
+use kcl_examples::worker::http;
+use kcl_examples::worker::identity::default_worker_id;
+use kcl_examples::worker::jsonl::{JsonlOptions, JsonlSink};
+use kcl_examples::worker::replicate::{ReplicateProcessor, Replicator};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Which processor handles the records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProcessorKind {
+    /// Append every record as one JSON line to `--output`.
+    Jsonl,
+    /// Replicate every change into `--target-table`, idempotently.
+    Replicate,
+}
+
+/// Consumes a DynamoDB stream as one worker of a fleet.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+#[command(group(ArgGroup::new("stream").required(true).args(["table", "stream_arn"])))]
+struct Args {
+    /// The source table; its latest stream is read.
+    #[arg(long, env = "KCL_TABLE")]
+    table: Option<String>,
+    /// The stream to read, instead of `--table`.
+    #[arg(long, env = "KCL_STREAM_ARN")]
+    stream_arn: Option<String>,
+    /// The consumer application's name; it is also the lease table's name.
+    #[arg(long, env = "KCL_APPLICATION_NAME")]
+    application_name: String,
+    /// This worker's id, unique in the fleet. Default: the ECS task id (`ECS_TASK_ID`, or
+    /// parsed from `ECS_CONTAINER_METADATA_URI_V4`), else `hostname-pid`.
+    #[arg(long, env = "KCL_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Endpoint for DynamoDB and DynamoDB Streams (DynamoDB Local). Default: the AWS chain
+    /// (`AWS_ENDPOINT_URL`, else the region's endpoints).
+    #[arg(long, env = "KCL_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// The AWS region. Default: the AWS chain (`AWS_REGION`, profile, ECS/EC2 metadata).
+    #[arg(long, env = "KCL_REGION")]
+    region: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/status`; port 0 picks a free port.
+    #[arg(long, env = "KCL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    /// Lease duration in milliseconds. Default: kcl-core's (10 s).
+    #[arg(long, env = "KCL_LEASE_DURATION_MS")]
+    lease_duration_ms: Option<u64>,
+    /// How long a graceful shutdown may take, in milliseconds (ECS kills after 30 s).
+    #[arg(long, env = "KCL_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
+    shutdown_timeout_ms: u64,
+    /// Create the lease table when it does not exist (on-demand billing).
+    #[arg(long, env = "KCL_CREATE_LEASE_TABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    create_lease_table: bool,
+    /// What to do with the records.
+    #[arg(long, env = "KCL_PROCESSOR", value_enum, default_value_t = ProcessorKind::Jsonl)]
+    processor: ProcessorKind,
+    /// The file the `jsonl` processor appends to.
+    #[arg(long, env = "KCL_OUTPUT")]
+    output: Option<PathBuf>,
+    /// Sync the `jsonl` output to disk before each checkpoint.
+    #[arg(long, env = "KCL_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+    /// Wait this long after writing each `jsonl` batch, before checkpointing it: simulates a
+    /// slow processor (tests).
+    #[arg(long, env = "KCL_JSONL_DELAY_MS", default_value_t = 0)]
+    jsonl_delay_ms: u64,
+    /// The table the `replicate` processor writes to (same key schema as the source).
+    #[arg(long, env = "KCL_TARGET_TABLE")]
+    target_table: Option<String>,
+}
+
+/// Exit code when the graceful shutdown did not finish in time.
+const EXIT_DEADLINE_EXCEEDED: u8 = 3;
+
+/// Why the worker did not start, as printed.
+type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            // The messages already carry their causes' text (the SDK's code and message).
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The processor, with its flags checked before any AWS call.
+enum Chosen {
+    Jsonl(Arc<JsonlSink>),
+    Replicate(String),
+}
+
+async fn run(args: Args) -> Result<ExitCode, StartError> {
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let chosen = match args.processor {
+        ProcessorKind::Jsonl => {
+            let Some(path) = &args.output else {
+                return Err("--processor jsonl needs --output PATH (or KCL_OUTPUT)".into());
+            };
+            let options =
+                JsonlOptions { fsync: args.fsync, delay_before_checkpoint: Duration::from_millis(args.jsonl_delay_ms) };
+            let sink = JsonlSink::open(path, worker_id.clone(), options)
+                .await
+                .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+            Chosen::Jsonl(sink)
+        }
+        ProcessorKind::Replicate => match &args.target_table {
+            Some(target) => Chosen::Replicate(target.clone()),
+            None => return Err("--processor replicate needs --target-table NAME (or KCL_TARGET_TABLE)".into()),
+        },
+    };
+    let mut config = Config::builder(&args.application_name).worker_id(&worker_id);
+    if let Some(ms) = args.lease_duration_ms {
+        config = config.lease_duration(Duration::from_millis(ms));
+    }
+    let config = config.build().map_err(WorkerError::Config)?;
+
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &args.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &args.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err("no AWS region is configured: set AWS_REGION (or pass --region)".into());
+    }
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
+
+    let source = match (&args.table, &args.stream_arn) {
+        (_, Some(arn)) => DynamoStreamsSource::from_stream_arn(streams.clone(), arn),
+        (Some(table), None) => {
+            DynamoStreamsSource::from_table(&dynamodb, streams.clone(), table).await.map_err(WorkerError::Stream)?
+        }
+        // clap's required group makes this unreachable; say what is missing anyway.
+        (None, None) => return Err("give the source with --table or --stream-arn".into()),
+    };
+    if let Chosen::Replicate(target) = &chosen {
+        check_replication(&dynamodb, &streams, source.stream_arn(), target).await?;
+    }
+    let store = DynamoLeaseStore::new(dynamodb.clone(), &args.application_name);
+    if args.create_lease_table {
+        store.ensure_table(&TableOptions::default()).await.map_err(WorkerError::LeaseTable)?;
+    }
+    let registry = prometheus::Registry::new();
+    tracing::info!(worker = %worker_id, stream = source.stream_arn(), lease_table = %args.application_name, "starting");
+
+    match chosen {
+        Chosen::Jsonl(sink) => {
+            let factory = move |shard: &ShardId| sink.processor(shard);
+            serve(&args, config, source, store, factory, registry).await
+        }
+        Chosen::Replicate(target) => {
+            let replicator = Arc::new(Replicator::new(dynamodb.clone(), target));
+            replicator.register_metrics(&registry)?;
+            let factory = move |_: &ShardId| ReplicateProcessor::new(replicator.clone());
+            serve(&args, config, source, store, factory, registry).await
+        }
+    }
+}
+
+/// Runs the worker with its HTTP endpoints until a signal stops it.
+async fn serve<F>(
+    args: &Args,
+    config: Config,
+    source: DynamoStreamsSource,
+    store: DynamoLeaseStore,
+    factory: F,
+    registry: prometheus::Registry,
+) -> Result<ExitCode, StartError>
+where
+    F: RecordProcessorFactory<ChangeRecord>,
+{
+    let worker = Worker::new(config, source, store, factory, &registry)?;
+    let handle = worker.handle();
+    let stopping = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {} for /metrics (--metrics-addr): {e}", args.metrics_addr))?;
+    let bound = listener.local_addr()?;
+    println!("METRICS http://{bound}");
+    let server_stop = CancellationToken::new();
+    let app = http::router(registry, stopping.clone(), handle.clone());
+    let stop = server_stop.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /status");
+
+    let deadline = Duration::from_millis(args.shutdown_timeout_ms);
+    let signals = tokio::spawn(stop_on_signal(handle, stopping, deadline));
+    let result = worker.run().await;
+    let outcome = if signals.is_finished() || result.is_ok() {
+        signals.await.ok().flatten()
+    } else {
+        signals.abort();
+        None
+    };
+    server_stop.cancel();
+    let _ = server.await;
+    result?;
+    Ok(match outcome {
+        Some(ShutdownOutcome::DeadlineExceeded) => {
+            tracing::warn!(?deadline, "shutdown deadline passed; unreleased leases will expire");
+            ExitCode::from(EXIT_DEADLINE_EXCEEDED)
+        }
+        _ => {
+            tracing::info!("stopped gracefully");
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Waits for SIGTERM or SIGINT, then shuts the worker down within `deadline`; a second
+/// signal aborts at once. Returns `None` when signals cannot be watched.
+async fn stop_on_signal(
+    handle: WorkerHandle,
+    stopping: CancellationToken,
+    deadline: Duration,
+) -> Option<ShutdownOutcome> {
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM/SIGINT; stop this worker with SIGKILL");
+            return None;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, ?deadline, "stopping: checkpointing and releasing leases");
+    stopping.cancel();
+    let shutdown = handle.shutdown(deadline);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        outcome = &mut shutdown => Some(outcome),
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            tracing::warn!("second signal: stopping at once without checkpointing");
+            handle.abort();
+            shutdown.await;
+            Some(ShutdownOutcome::DeadlineExceeded)
+        }
+    }
+}
+
+/// Checks before replicating: the stream carries new images and the target table exists with
+/// the source's key schema.
+async fn check_replication(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    streams: &aws_sdk_dynamodbstreams::Client,
+    stream_arn: &str,
+    target: &str,
+) -> Result<(), StartError> {
+    use aws_sdk_dynamodbstreams::types::StreamViewType;
+    let described = streams.describe_stream().stream_arn(stream_arn).limit(1).send().await.map_err(|e| {
+        format!("DescribeStream {stream_arn}: {}", aws_sdk_dynamodbstreams::error::DisplayErrorContext(e))
+    })?;
+    let Some(stream) = described.stream_description else {
+        return Err(format!("DescribeStream {stream_arn} returned no description").into());
+    };
+    match stream.stream_view_type() {
+        Some(StreamViewType::NewImage | StreamViewType::NewAndOldImages) => {}
+        other => {
+            let table = stream.table_name().unwrap_or("the source table");
+            return Err(format!(
+                "the stream of {table} has view type {}: replication needs NEW_IMAGE or NEW_AND_OLD_IMAGES (a \
+                 table's view type cannot change: disable the stream and enable it again with \
+                 StreamViewType=NEW_AND_OLD_IMAGES)",
+                other.map_or("(none)", |v| v.as_str())
+            )
+            .into());
+        }
+    }
+    let source_keys: Vec<String> = stream.key_schema().iter().map(|k| k.attribute_name().to_owned()).collect();
+    let table = match dynamodb.describe_table().table_name(target).send().await {
+        Ok(out) => out.table,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            return Err(format!(
+                "target table {target} does not exist: create it with the source's key schema ({})",
+                source_keys.join(", ")
+            )
+            .into());
+        }
+        Err(e) => {
+            return Err(format!("DescribeTable {target}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)).into());
+        }
+    };
+    let target_keys: Vec<String> =
+        table.iter().flat_map(|t| t.key_schema()).map(|k| k.attribute_name().to_owned()).collect();
+    if !source_keys.is_empty() && source_keys != target_keys {
+        return Err(format!(
+            "target table {target} has key ({}) but the source has ({}): replication needs the same key schema",
+            target_keys.join(", "),
+            source_keys.join(", ")
+        )
+        .into());
+    }
+    Ok(())
+}
