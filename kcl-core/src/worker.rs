@@ -195,7 +195,9 @@ where
             coordinator: coordinator.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            created: Arc::new(tokio::sync::Notify::new()),
         };
+        let leases_created = sync.created.clone();
         if let Err(e) = sync.full_sync().await {
             if matches!(e.kind(), SourceErrorKind::NotFound | SourceErrorKind::Fatal) {
                 coordinator.deregister().await;
@@ -239,6 +241,10 @@ where
                     }
                 }
                 _ = tokio::time::sleep_until(next_take) => {
+                    next_take = self.take(&ctx, &coordinator, &mut consumers).await;
+                }
+                // Children of a shard that just ended: take them now, not a cycle later.
+                _ = leases_created.notified() => {
                     next_take = self.take(&ctx, &coordinator, &mut consumers).await;
                 }
                 _ = poll.tick() => {

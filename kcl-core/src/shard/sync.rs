@@ -32,6 +32,9 @@ pub(crate) struct ShardSync<S, L> {
     pub(crate) coordinator: Arc<Coordinator<L>>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Metrics,
+    /// Told when leases were created at a shard end, so the worker takes them at once
+    /// instead of at its next take cycle.
+    pub(crate) created: Arc<tokio::sync::Notify>,
 }
 
 impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
@@ -65,7 +68,8 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
 
     /// Creates leases in order; a failure skips that shard's descendants until the next sync,
     /// so a child never exists without its parent's lease.
-    async fn create(&self, leases: Vec<Lease>) {
+    async fn create(&self, leases: Vec<Lease>) -> usize {
+        let mut applied = 0;
         let mut failed: HashSet<ShardId> = HashSet::new();
         for lease in leases {
             let Some(id) = lease.key.shard_id() else { continue };
@@ -75,7 +79,8 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
             }
             match self.coordinator.store().create_if_absent(lease).await {
                 Ok(LeaseUpdate::Applied(l)) => {
-                    tracing::info!(shard = %l.key, checkpoint = %l.checkpoint, "created lease")
+                    applied += 1;
+                    tracing::info!(shard = %l.key, checkpoint = %l.checkpoint, "created lease");
                 }
                 Ok(LeaseUpdate::Lost) => {}
                 Err(e) => {
@@ -85,6 +90,7 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
                 }
             }
         }
+        applied
     }
 
     /// Creates the leases of an ended shard's children, retrying while none are listed.
@@ -98,7 +104,9 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
             match self.source.child_shards(parent).await {
                 Ok(children) if !children.is_empty() => {
                     let leases = children_leases(&children);
-                    self.create(leases).await;
+                    if self.create(leases).await > 0 {
+                        self.created.notify_one();
+                    }
                     return;
                 }
                 Ok(_) => tracing::debug!(shard = %parent, "children not listed yet"),
