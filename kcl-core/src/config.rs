@@ -30,6 +30,21 @@ pub enum OnRetriesExhausted {
     StopShard,
 }
 
+/// What the stall watchdog does about a shard that makes no progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnStall {
+    /// Count it in `kcl_stalled_shards` and log a warning with the shard and for how long
+    /// (default).
+    #[default]
+    Report,
+    /// Also release the lease, so that another worker (or this one, later) starts the shard
+    /// afresh from its checkpoint.
+    ReleaseLease,
+}
+
+/// Default time without progress after which a held shard counts as stalled.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(300);
+
 /// Default timeout of one `process_records` call.
 pub const DEFAULT_PROCESSING_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -122,6 +137,8 @@ pub struct Config {
     pub(crate) bisect_on_failure: bool,
     pub(crate) processing_timeout: Option<Duration>,
     pub(crate) on_retries_exhausted: OnRetriesExhausted,
+    pub(crate) stall_threshold: Duration,
+    pub(crate) on_stall: OnStall,
 }
 
 impl Config {
@@ -148,6 +165,8 @@ impl Config {
                 bisect_on_failure: false,
                 processing_timeout: Some(DEFAULT_PROCESSING_TIMEOUT),
                 on_retries_exhausted: OnRetriesExhausted::DeadLetter,
+                stall_threshold: DEFAULT_STALL_THRESHOLD,
+                on_stall: OnStall::Report,
             },
             take_interval_set: false,
         }
@@ -291,6 +310,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// A held shard with no progress (no batch delivered, no read reaching its head) for this
+    /// long counts as stalled: a processor that never returns, reads that keep failing, a
+    /// parent that never ends. Default [`DEFAULT_STALL_THRESHOLD`] (5 min).
+    pub fn stall_threshold(mut self, d: Duration) -> Self {
+        self.config.stall_threshold = d;
+        self
+    }
+    /// What to do about a stalled shard. Default [`OnStall::Report`].
+    pub fn on_stall(mut self, action: OnStall) -> Self {
+        self.config.on_stall = action;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(mut self) -> Result<Config, ConfigError> {
         if !self.take_interval_set {
@@ -313,6 +345,7 @@ impl ConfigBuilder {
             ("min_retry_backoff", c.min_retry_backoff),
             ("max_retry_backoff", c.max_retry_backoff),
             ("max_record_age", c.max_record_age.unwrap_or(Duration::MAX)),
+            ("stall_threshold", c.stall_threshold),
             ("processing_timeout", c.processing_timeout.unwrap_or(Duration::MAX)),
         ] {
             if d.is_zero() {

@@ -136,9 +136,11 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         };
         let (tx, rx) = mpsc::channel(self.config.prefetch_batches);
         let reader_stop = CancellationToken::new();
-        let reader = self.read_loop(held, start, tx, reader_stop.clone());
+        // Batches read but not yet handled: an empty read is progress only when this is 0.
+        let in_flight = std::sync::atomic::AtomicUsize::new(0);
+        let reader = self.read_loop(held, start, tx, reader_stop.clone(), &in_flight);
         let deliver = async {
-            let exit = self.deliver_loop(held, processor, &checkpointer, rx).await;
+            let exit = self.deliver_loop(held, processor, &checkpointer, rx, &in_flight).await;
             reader_stop.cancel();
             exit
         };
@@ -255,6 +257,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         mut position: StartPosition,
         tx: mpsc::Sender<Fetched<S::Record>>,
         stop: CancellationToken,
+        in_flight: &std::sync::atomic::AtomicUsize,
     ) {
         let result: Result<(), Interrupted> = async {
             let Some(mut iterator) = self.iterator_at(held, &mut position).await? else {
@@ -276,6 +279,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                         let empty = batch.records.is_empty();
                         if let Some(last) = batch.records.last() {
                             position = StartPosition::AfterSequenceNumber(last.sequence_number().clone());
+                            in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let send = tx.send(Fetched::Records(batch.records));
                             tokio::select! {
                                 r = send => if r.is_err() { return Ok(()) },
@@ -290,6 +294,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                             Some(next) => iterator = next,
                         }
                         if empty {
+                            if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                                self.status.caught_up(&held.shard_id);
+                            }
                             tokio::select! {
                                 _ = tokio::time::sleep(self.config.idle_time_between_reads) => {}
                                 _ = stop.cancelled() => return Ok(()),
@@ -341,6 +348,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         processor: &mut P,
         checkpointer: &LeaseCheckpointer<L>,
         mut rx: mpsc::Receiver<Fetched<S::Record>>,
+        in_flight: &std::sync::atomic::AtomicUsize,
     ) -> ConsumerExit {
         let shard = held.shard_id.clone();
         let mut last_processed: Option<SequenceNumber> = None;
@@ -357,7 +365,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 Some(Fetched::Records(records)) => {
                     let batch = Batch { shard_id: shard.clone(), lag: lag_of(&records), records };
                     match self.deliver(held, processor, checkpointer, batch).await {
-                        Ok(last) => last_processed = Some(last),
+                        Ok(last) => {
+                            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            last_processed = Some(last);
+                        }
                         Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
                         Err(Interrupted::Shutdown) => {
                             return self.shutdown(held, processor, checkpointer, last_processed).await;

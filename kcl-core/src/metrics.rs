@@ -29,6 +29,7 @@ pub struct Metrics {
     pub(crate) dead_lettered: IntCounter,
     pub(crate) skipped: IntCounter,
     pub(crate) processing_timeouts: IntCounter,
+    pub(crate) stalled_shards: IntGauge,
 }
 
 /// A metric could not be registered (most often: two workers registered in one registry).
@@ -104,8 +105,13 @@ impl Metrics {
                 "kcl_processing_timeouts_total",
                 "process_records calls cancelled for exceeding the processing timeout",
             )?,
+            stalled_shards: IntGauge::new(
+                "kcl_stalled_shards",
+                "Held shards without progress for longer than the stall threshold",
+            )?,
         };
         registry.register(Box::new(m.records_processed.clone()))?;
+        registry.register(Box::new(m.stalled_shards.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.processing_timeouts.clone()))?;

@@ -38,6 +38,11 @@ pub struct ShardStatus {
     pub records_processed: u64,
     /// Times a position was found trimmed (data older than the retention is gone).
     pub trimmed_events: u64,
+    /// How long the shard has made no progress (no batch delivered, no read reaching the
+    /// head of the shard), once that exceeds the stall threshold.
+    pub stalled_for: Option<Duration>,
+    /// Last progress (monotonic clock).
+    pub(crate) last_progress: tokio::time::Instant,
 }
 
 /// A snapshot of a worker.
@@ -101,6 +106,8 @@ impl StatusBoard {
             lag: None,
             records_processed: 0,
             trimmed_events: 0,
+            stalled_for: None,
+            last_progress: tokio::time::Instant::now(),
         });
         f(entry);
     }
@@ -110,10 +117,38 @@ impl StatusBoard {
         s.records_processed += count;
         if let Some(entry) = s.shards.get_mut(shard) {
             entry.state = ShardState::Processing;
+            entry.last_progress = tokio::time::Instant::now();
+            entry.stalled_for = None;
             entry.records_processed += count;
             entry.last_processed = Some(last);
             entry.lag = lag;
         }
+    }
+
+    /// A read reached the head of the shard: the consumer is caught up.
+    pub(crate) fn caught_up(&self, shard: &ShardId) {
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = s.shards.get_mut(shard) {
+            entry.last_progress = tokio::time::Instant::now();
+            entry.stalled_for = None;
+        }
+    }
+
+    /// Marks shards without progress for longer than `threshold` as stalled and returns them
+    /// (those newly stalled first flagged `true`).
+    pub(crate) fn stalled(&self, threshold: Duration) -> Vec<(ShardId, Duration, bool, ShardState)> {
+        let now = tokio::time::Instant::now();
+        let mut s = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for (id, entry) in s.shards.iter_mut() {
+            let idle = now.saturating_duration_since(entry.last_progress);
+            if idle > threshold {
+                let newly = entry.stalled_for.is_none();
+                entry.stalled_for = Some(idle);
+                out.push((id.clone(), idle, newly, entry.state));
+            }
+        }
+        out
     }
 
     pub(crate) fn trimmed(&self, shard: &ShardId) {

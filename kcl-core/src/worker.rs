@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, OnStall};
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::processor::RecordProcessorFactory;
 use crate::shard::sync::ShardSync;
 use crate::source::{SourceErrorKind, StreamSource};
-use crate::status::{StatusBoard, WorkerStatus};
+use crate::status::{ShardState, StatusBoard, WorkerStatus};
 
 /// A worker: takes leases, consumes their shards with the user's processors, and shares the
 /// stream with the rest of the fleet.
@@ -253,6 +253,7 @@ where
                     }
                     let age = self.status.snapshot().max_lag().map_or(0, |d| d.as_secs() as i64);
                     self.metrics.iterator_age_seconds.set(age);
+                    self.watchdog(&coordinator).await;
                 }
             }
         }
@@ -268,6 +269,23 @@ where
         }
         self.metrics.leases_held.set(0);
         Ok(())
+    }
+
+    /// The stall watchdog: reports held shards without progress, and releases them when so
+    /// configured.
+    async fn watchdog(&self, coordinator: &Coordinator<L>) {
+        let stalled = self.status.stalled(self.config.stall_threshold);
+        self.metrics.stalled_shards.set(stalled.len() as i64);
+        for (shard, idle, newly, state) in stalled {
+            if newly {
+                tracing::warn!(shard = %shard, stalled_for = ?idle, ?state, action = ?self.config.on_stall,
+                    "shard is held but makes no progress (processor not returning, reads failing, or parents not ending)");
+            }
+            // A child waiting on its parents is reported but kept: releasing it would not help.
+            if self.config.on_stall == OnStall::ReleaseLease && state != ShardState::WaitingOnParents {
+                coordinator.release(&LeaseKey::for_shard(&shard)).await;
+            }
+        }
     }
 
     /// Runs a take cycle, starts consumers for what it acquired, and says when to run the next.

@@ -407,6 +407,21 @@ impl<S: LeaseStore> Coordinator<S> {
         }
     }
 
+    /// Releases one held lease (the stall watchdog's action): conditional, then stops its
+    /// consumer, which can no longer checkpoint.
+    pub(crate) async fn release(&self, key: &LeaseKey) {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
+        let Some(held) = held else { return };
+        {
+            let lease = held.lock().await;
+            match self.store.release(&lease).await {
+                Ok(_) => tracing::warn!(shard = %held.shard_id, "released a stalled shard's lease"),
+                Err(e) => tracing::warn!(shard = %held.shard_id, error = %e, "could not release a stalled lease"),
+            }
+        }
+        self.forget(key);
+    }
+
     /// Removes this worker's heartbeat on a clean stop, so peers stop watching it at once.
     pub(crate) async fn deregister(&self) {
         let hb = self.heartbeat.lock().await;

@@ -1,0 +1,117 @@
+//! The stall watchdog: a held shard that makes no progress is reported, and with
+//! `OnStall::ReleaseLease` its lease is released so the shard starts afresh elsewhere.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Fleet, init_tracing};
+use kcl_core::testing::memory_store::{LeaseOp, MemoryLeaseStore};
+use kcl_core::testing::sim::{ChangeKind, SimRecord, StreamSimulator};
+use kcl_core::{
+    Batch, Checkpointer, Config, Metrics, OnStall, ProcessorError, RecordProcessor, ShardId, SourceErrorKind, Worker,
+    WorkerId,
+};
+
+/// Never returns from its first batch while `hang` is set; checkpoints otherwise.
+#[derive(Clone)]
+struct Hangs(Arc<AtomicBool>);
+
+impl RecordProcessor<SimRecord> for Hangs {
+    async fn process_records(&mut self, _: &Batch<SimRecord>, cp: &impl Checkpointer) -> Result<(), ProcessorError> {
+        if self.0.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        cp.checkpoint().await.map_err(|e| ProcessorError::new(e.to_string()))
+    }
+}
+
+fn config(name: &str, on_stall: OnStall) -> Config {
+    Config::builder("stall")
+        .worker_id(name)
+        .processing_timeout(None)
+        .stall_threshold(Duration::from_secs(30))
+        .on_stall(on_stall)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_processor_that_never_returns_is_reported() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(31).initial_shards(1).build();
+    sim.write("a", ChangeKind::Insert);
+    let hang = Arc::new(AtomicBool::new(true));
+    let h = Hangs(hang.clone());
+    let worker = Worker::with_metrics(
+        config("w", OnStall::Report),
+        sim,
+        MemoryLeaseStore::new(),
+        move |_: &ShardId| h.clone(),
+        Metrics::unregistered(),
+    );
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(handle.status().shards.values().all(|s| s.stalled_for.is_none()), "not stalled before the threshold");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = handle.status();
+    let stalled: Vec<_> = status.shards.values().filter_map(|s| s.stalled_for).collect();
+    assert_eq!(stalled.len(), 1, "{status:?}");
+    assert!(stalled[0] > Duration::from_secs(30));
+    assert_eq!(status.leases_held(), 1, "reporting keeps the lease");
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_that_keep_failing_are_reported() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(32).initial_shards(1).build();
+    sim.write("a", ChangeKind::Insert);
+    sim.inject_read_errors(SourceErrorKind::Transient, 1_000_000);
+    let h = Hangs(Arc::new(AtomicBool::new(false)));
+    let worker = Worker::with_metrics(
+        config("w", OnStall::Report),
+        sim,
+        MemoryLeaseStore::new(),
+        move |_: &ShardId| h.clone(),
+        Metrics::unregistered(),
+    );
+    let handle = worker.handle();
+    let task = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(handle.status().shards.values().any(|s| s.stalled_for.is_some()), "{:?}", handle.status());
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_lease_moves_a_stalled_shard_to_another_worker() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(33).initial_shards(1).build();
+    let store = MemoryLeaseStore::new();
+    let mut fleet = Fleet::new(sim.clone(), store.clone());
+    fleet.write(50, 10, Duration::ZERO).await;
+    // The stuck worker starts first and takes the only shard.
+    let h = Hangs(Arc::new(AtomicBool::new(true)));
+    let stuck = Worker::with_metrics(
+        config("stuck", OnStall::ReleaseLease),
+        sim.clone(),
+        store.clone(),
+        move |_: &ShardId| h.clone(),
+        Metrics::unregistered(),
+    );
+    let stuck_task = tokio::spawn(stuck.run());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fleet.owners().get(&Some("stuck".to_owned())), Some(&1));
+    fleet.tune = |b| b.stall_threshold(Duration::from_secs(30)).processing_timeout(None);
+    fleet.start("healthy");
+    fleet.drain(Duration::from_secs(120)).await;
+    let released =
+        store.history().iter().any(|e| e.op == LeaseOp::Release && e.owner_before == Some(WorkerId::new("stuck")));
+    assert!(released, "the stalled lease was released by the watchdog");
+    assert_eq!(fleet.log.distinct_processed(), 50, "the healthy worker processed everything");
+    stuck_task.abort();
+    fleet.stop_all().await;
+}
