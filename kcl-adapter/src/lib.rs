@@ -11,7 +11,10 @@
 //! - [`DynamoLeaseStore`] keeps leases in a table laid out as Java KCL's (`leaseKey`,
 //!   `leaseOwner`, `leaseCounter`, `checkpoint`, …), so a team moving from KCL with the
 //!   DynamoDB Streams adapter continues from its checkpoints. Every write is conditional.
-//! - `local` (feature `local-emulator`) starts Amazon DynamoDB Local for tests.
+//! - [`SqsDeadLetterSink`] sends records whose retries are exhausted to an SQS queue, as the
+//!   core's [`DeadLetterSink`](kcl_core::DeadLetterSink).
+//! - `local` (feature `local-emulator`) starts Amazon DynamoDB Local for tests, and
+//!   `local_sqs` moto server for SQS.
 //!
 //! The adapter takes SDK clients you build (region, endpoint, credentials and timeouts come
 //! from `aws-config`); SDK errors are classified into the core's error kinds and kept as their
@@ -34,13 +37,17 @@
 //! # }
 //! ```
 
+pub mod dead_letter_sqs;
 mod error;
 pub mod lease_table;
 #[cfg(feature = "local-emulator")]
 pub mod local;
+#[cfg(feature = "local-emulator")]
+pub mod local_sqs;
 pub mod record;
 pub mod streams;
 
+pub use dead_letter_sqs::SqsDeadLetterSink;
 pub use lease_table::{BillingMode, DynamoLeaseStore, TableOptions};
 pub use record::{
     AttributeValue, ChangeKind, ChangeRecord, DecodeError, DecodeErrorKind, EventName, Item, StreamViewType,

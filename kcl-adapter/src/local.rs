@@ -321,7 +321,8 @@ fn parse_ready(line: &str) -> Option<(u16, u16)> {
     Some((port?, control?))
 }
 
-fn render_tail(tail: &Mutex<VecDeque<String>>) -> String {
+/// The kept stderr lines as one string (also used by [`crate::local_sqs`]).
+pub(crate) fn render_tail(tail: &Mutex<VecDeque<String>>) -> String {
     let tail = tail.lock().unwrap_or_else(|p| p.into_inner());
     if tail.is_empty() { "(nothing)".to_owned() } else { tail.iter().cloned().collect::<Vec<_>>().join("\n") }
 }

@@ -12,6 +12,10 @@
 //! (`AWS_REGION`, `AWS_ENDPOINT_URL`, the ECS task role, …); `--endpoint-url` overrides the
 //! endpoint for both DynamoDB and DynamoDB Streams (DynamoDB Local).
 //!
+//! Failure policy: `--max-retry-attempts`, `--bisect-on-failure` and `--processing-timeout-ms`
+//! set kcl-core's; with `--dead-letter-queue-url`, records whose retries are exhausted go to
+//! that SQS queue (checked at start; `--sqs-endpoint-url` for moto server).
+//!
 //! It serves `/metrics`, `/healthz` and `/status` on `--metrics-addr` and prints the bound
 //! address on stdout as one line `METRICS http://ADDR` (logs go to stderr). On SIGTERM or
 //! SIGINT it stops gracefully: processors get `shutdown_requested`, every shard is
@@ -28,8 +32,10 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
-use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
-use kcl_core::{Config, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle};
+use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
+use kcl_core::{
+    Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle,
+};
 use kcl_examples::worker::http;
 use kcl_examples::worker::identity::default_worker_id;
 use kcl_examples::worker::jsonl::{JsonlOptions, JsonlSink};
@@ -99,6 +105,25 @@ struct Args {
     /// The table the `replicate` processor writes to (same key schema as the source).
     #[arg(long, env = "KCL_TARGET_TABLE")]
     target_table: Option<String>,
+    /// Retries of a failing batch before its records are dead-lettered (or skipped, without
+    /// `--dead-letter-queue-url`). Default: retry until it succeeds.
+    #[arg(long, env = "KCL_MAX_RETRY_ATTEMPTS")]
+    max_retry_attempts: Option<u32>,
+    /// Split a failing batch in halves down to single records, so that only the bad records
+    /// are retried and dead-lettered.
+    #[arg(long, env = "KCL_BISECT_ON_FAILURE", default_value_t = false, action = clap::ArgAction::Set)]
+    bisect_on_failure: bool,
+    /// Longest one `process_records` call may take, in milliseconds; it then counts as a
+    /// failure. Default: kcl-core's (5 min).
+    #[arg(long, env = "KCL_PROCESSING_TIMEOUT_MS")]
+    processing_timeout_ms: Option<u64>,
+    /// SQS queue that receives records whose retries are exhausted; checked at start.
+    #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
+    dead_letter_queue_url: Option<String>,
+    /// Endpoint for SQS (moto server); `--endpoint-url` does not apply to SQS. Default: the
+    /// AWS chain (`AWS_ENDPOINT_URL_SQS`, else the region's endpoint).
+    #[arg(long, env = "KCL_SQS_ENDPOINT_URL")]
+    sqs_endpoint_url: Option<String>,
 }
 
 /// Exit code when the graceful shutdown did not finish in time.
@@ -156,6 +181,13 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     if let Some(ms) = args.lease_duration_ms {
         config = config.lease_duration(Duration::from_millis(ms));
     }
+    if let Some(n) = args.max_retry_attempts {
+        config = config.max_retry_attempts(n);
+    }
+    if let Some(ms) = args.processing_timeout_ms {
+        config = config.processing_timeout(Some(Duration::from_millis(ms)));
+    }
+    config = config.bisect_on_failure(args.bisect_on_failure);
     let config = config.build().map_err(WorkerError::Config)?;
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -183,6 +215,10 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     if let Chosen::Replicate(target) = &chosen {
         check_replication(&dynamodb, &streams, source.stream_arn(), target).await?;
     }
+    let dead_letter = match &args.dead_letter_queue_url {
+        Some(url) => Some(dead_letter_sink(&args, &sdk, url, source.stream_arn()).await?),
+        None => None,
+    };
     let store = DynamoLeaseStore::new(dynamodb.clone(), &args.application_name);
     if args.create_lease_table {
         store.ensure_table(&TableOptions::default()).await.map_err(WorkerError::LeaseTable)?;
@@ -193,15 +229,35 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     match chosen {
         Chosen::Jsonl(sink) => {
             let factory = move |shard: &ShardId| sink.processor(shard);
-            serve(&args, config, source, store, factory, registry).await
+            serve(&args, config, source, store, factory, dead_letter, registry).await
         }
         Chosen::Replicate(target) => {
             let replicator = Arc::new(Replicator::new(dynamodb.clone(), target));
             replicator.register_metrics(&registry)?;
             let factory = move |_: &ShardId| ReplicateProcessor::new(replicator.clone());
-            serve(&args, config, source, store, factory, registry).await
+            serve(&args, config, source, store, factory, dead_letter, registry).await
         }
     }
+}
+
+/// The SQS dead-letter destination, checked: the queue exists and is accessible.
+async fn dead_letter_sink(
+    args: &Args,
+    sdk: &aws_config::SdkConfig,
+    queue_url: &str,
+    stream_arn: &str,
+) -> Result<SqsDeadLetterSink, StartError> {
+    let mut sqs = aws_sdk_sqs::config::Builder::from(sdk);
+    if let Some(endpoint) = &args.sqs_endpoint_url {
+        sqs = sqs.endpoint_url(endpoint);
+    } else if args.endpoint_url.is_some() && std::env::var_os("AWS_ENDPOINT_URL_SQS").is_none() {
+        // `--endpoint-url` is DynamoDB's (DynamoDB Local), not SQS's: use the region's endpoint.
+        sqs.set_endpoint_url(None);
+    }
+    let sink = SqsDeadLetterSink::new(aws_sdk_sqs::Client::from_conf(sqs.build()), queue_url, stream_arn);
+    sink.verify().await.map_err(|e| format!("--dead-letter-queue-url (KCL_DEAD_LETTER_QUEUE_URL): {e}"))?;
+    tracing::info!(queue = queue_url, "records whose retries are exhausted go to the dead-letter queue");
+    Ok(sink)
 }
 
 /// Runs the worker with its HTTP endpoints until a signal stops it.
@@ -211,12 +267,29 @@ async fn serve<F>(
     source: DynamoStreamsSource,
     store: DynamoLeaseStore,
     factory: F,
+    dead_letter: Option<SqsDeadLetterSink>,
     registry: prometheus::Registry,
 ) -> Result<ExitCode, StartError>
 where
     F: RecordProcessorFactory<ChangeRecord>,
 {
     let worker = Worker::new(config, source, store, factory, &registry)?;
+    match dead_letter {
+        Some(sink) => drive(args, worker.with_dead_letter(sink), registry).await,
+        None => drive(args, worker, registry).await,
+    }
+}
+
+/// [`serve`] with the worker built.
+async fn drive<F, D>(
+    args: &Args,
+    worker: Worker<DynamoStreamsSource, DynamoLeaseStore, F, D>,
+    registry: prometheus::Registry,
+) -> Result<ExitCode, StartError>
+where
+    F: RecordProcessorFactory<ChangeRecord>,
+    D: DeadLetterSink<ChangeRecord>,
+{
     let handle = worker.handle();
     let stopping = CancellationToken::new();
 

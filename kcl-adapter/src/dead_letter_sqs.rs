@@ -1,0 +1,312 @@
+//! [`SqsDeadLetterSink`]: records whose retries are exhausted, sent to an Amazon SQS queue.
+//!
+//! Each dead letter becomes one JSON message (several when it is very large), in the shape
+//! described on [`SqsDeadLetterSink`]. Messages stay within the SQS size limit
+//! ([`DEFAULT_MAX_MESSAGE_BYTES`]): when the records with their images do not fit, only their
+//! keys and sequence numbers are sent, and the message says so; when even those do not fit,
+//! they are spread over several messages, each describing itself. No record is left out.
+
+mod message;
+
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::QueueAttributeName;
+use kcl_core::{DeadLetter, DeadLetterError, DeadLetterSink};
+
+use crate::error::Failure;
+use crate::record::ChangeRecord;
+
+pub use message::MESSAGE_VERSION;
+
+/// The SQS message size this sink writes up to by default: 256 KiB, which every queue
+/// accepts unless its `MaximumMessageSize` was lowered.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// The smallest limit [`SqsDeadLetterSink::with_max_message_bytes`] takes: room for the
+/// envelope and the largest possible key (DynamoDB keys are at most 2 KB + 1 KB).
+pub const MIN_MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// A [`DeadLetterSink`] writing to an SQS queue.
+///
+/// Each message body is a JSON object:
+///
+/// | field | meaning |
+/// |---|---|
+/// | `version` | [`MESSAGE_VERSION`] |
+/// | `streamArn`, `shardId` | where the records come from |
+/// | `firstSequenceNumber`, `lastSequenceNumber` | the range of the whole dead letter |
+/// | `attempts` | `process_records` calls made for the records |
+/// | `error` | the last error (at most 8 KiB of it) |
+/// | `recordCount` | records in the whole dead letter |
+/// | `truncated` | `true` when the records carry only their keys and sequence numbers |
+/// | `truncatedReason` | why (present only when truncated) |
+/// | `part`, `parts` | this message's place when the letter is split (`1` of `1` otherwise) |
+/// | `records` | the records of this message, in order |
+///
+/// Records have the shape of a DynamoDB Streams record (as in a Lambda event): `eventID`,
+/// `eventName` and `dynamodb` with `Keys`, `NewImage`, `OldImage` (DynamoDB JSON such as
+/// `{"pk": {"S": "a"}}`), `SequenceNumber`, `ApproximateCreationDateTime` (epoch seconds),
+/// `SizeBytes`, `StreamViewType`. A truncated record has only `dynamodb.Keys` and
+/// `dynamodb.SequenceNumber`: read the item from the table by its key.
+///
+/// A FIFO queue (URL ending in `.fifo`) gets the shard id as message group, so a shard's dead
+/// letters stay in order, and a deduplication id derived from the records, so a letter sent
+/// again after a crash is dropped by SQS within its five-minute window. A standard queue may
+/// receive a letter twice (at-least-once).
+///
+/// Sending is not retried here beyond the SDK's own retries: the consumer retries a failed
+/// send with backoff and holds the shard meanwhile. Call [`SqsDeadLetterSink::verify`] at
+/// start so a wrong queue URL fails before any record does.
+#[derive(Clone, Debug)]
+pub struct SqsDeadLetterSink {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    stream_arn: String,
+    max_message_bytes: usize,
+}
+
+impl SqsDeadLetterSink {
+    /// A sink sending to `queue_url` the failed records of the stream `stream_arn` (written
+    /// into every message).
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, stream_arn: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+            stream_arn: stream_arn.into(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// The largest message body to send. Default [`DEFAULT_MAX_MESSAGE_BYTES`]; raise it for
+    /// queues that take larger messages, lower it for queues whose `MaximumMessageSize` was
+    /// lowered. Values below [`MIN_MAX_MESSAGE_BYTES`] are raised to it.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes.max(MIN_MAX_MESSAGE_BYTES);
+        self
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// The stream ARN written into every message.
+    pub fn stream_arn(&self) -> &str {
+        &self.stream_arn
+    }
+
+    /// The largest message body this sink sends.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Checks that the queue exists, is accessible, and takes messages as large as this sink
+    /// sends (`GetQueueAttributes`). The error names the queue URL and the fix.
+    pub async fn verify(&self) -> Result<(), DeadLetterError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("GetQueueAttributes", e))?;
+        let accepted = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::MaximumMessageSize))
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(accepted) = accepted
+            && accepted < self.max_message_bytes
+        {
+            return Err(DeadLetterError::new(format!(
+                "queue {} accepts messages up to {accepted} bytes, but this sink writes up to {} \
+                 bytes: set the queue's MaximumMessageSize to at least {}, or lower the sink's limit with \
+                 with_max_message_bytes({accepted})",
+                self.queue_url, self.max_message_bytes, self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The message bodies for `letter`, each at most [`Self::max_message_bytes`] long.
+    fn bodies(&self, letter: &DeadLetter<'_, ChangeRecord>) -> Result<Vec<message::Body>, DeadLetterError> {
+        message::encode(&self.stream_arn, letter, self.max_message_bytes).map_err(|e| {
+            DeadLetterError::new(format!(
+                "cannot write the failed records of shard {} as messages for queue {}: {e}",
+                letter.shard_id, self.queue_url
+            ))
+        })
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.queue_url.ends_with(".fifo")
+    }
+
+    fn sdk_error<E>(&self, operation: &str, err: SdkError<E, HttpResponse>) -> DeadLetterError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let class = class_of(Failure::of(&err));
+        let url = &self.queue_url;
+        let what = describe(&err);
+        let message = match class {
+            Class::NoQueue => format!(
+                "queue {url} does not exist ({operation}: {what}): create the queue, or configure the URL of \
+                 an existing one"
+            ),
+            Class::Denied => format!(
+                "queue {url} is not accessible ({operation}: {what}): grant sqs:SendMessage and \
+                 sqs:GetQueueAttributes on it (and kms:GenerateDataKey, kms:Decrypt for a KMS-encrypted \
+                 queue), and check the credentials and region"
+            ),
+            Class::Transient => format!("{operation} on queue {url} failed (transient, retried): {what}"),
+            Class::Rejected => format!("{operation} on queue {url} was rejected: {what}"),
+        };
+        DeadLetterError::new(message).with_source(err)
+    }
+}
+
+impl DeadLetterSink<ChangeRecord> for SqsDeadLetterSink {
+    async fn send(&self, letter: &DeadLetter<'_, ChangeRecord>) -> Result<(), DeadLetterError> {
+        let bodies = self.bodies(letter)?;
+        // Parts go one after the other; after a failure the consumer sends the whole letter
+        // again, so some parts may arrive twice (a FIFO queue drops those by their id).
+        for body in bodies {
+            let mut send = self.client.send_message().queue_url(&self.queue_url).message_body(body.json);
+            if self.is_fifo() {
+                send = send.message_group_id(letter.shard_id.as_str()).message_deduplication_id(body.dedup_id);
+            }
+            send.send().await.map_err(|e| self.sdk_error("SendMessage", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// How an SQS failure is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// The queue does not exist: not retryable until someone creates it.
+    NoQueue,
+    /// Credentials, permissions or the queue's KMS key: not retryable until fixed.
+    Denied,
+    /// Throttling, service faults, timeouts, broken connections: retryable.
+    Transient,
+    /// The request itself was refused (a bug here, or a queue that refuses such messages).
+    Rejected,
+}
+
+const NO_QUEUE_CODES: &[&str] = &["QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"];
+
+const DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidSecurity",
+    "SignatureDoesNotMatch",
+    "MissingAuthenticationToken",
+    "ExpiredToken",
+    "KmsAccessDenied",
+    "KmsDisabled",
+    "KmsNotFound",
+    "KmsInvalidState",
+    "KmsInvalidKeyUsage",
+    "KmsOptInRequired",
+];
+
+const TRANSIENT_CODES: &[&str] = &[
+    "RequestThrottled",
+    "ThrottlingException",
+    "Throttling",
+    "KmsThrottled",
+    "OverLimit",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+];
+
+fn class_of(failure: Failure<'_>) -> Class {
+    match failure {
+        Failure::Service { code, status } => match code.unwrap_or("") {
+            c if NO_QUEUE_CODES.contains(&c) => Class::NoQueue,
+            c if DENIED_CODES.contains(&c) => Class::Denied,
+            c if TRANSIENT_CODES.contains(&c) => Class::Transient,
+            _ => match status {
+                Some(429) => Class::Transient,
+                Some(s) if s >= 500 => Class::Transient,
+                Some(403) => Class::Denied,
+                _ => Class::Rejected,
+            },
+        },
+        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } => Class::Transient,
+        Failure::Construction => Class::Rejected,
+    }
+}
+
+/// `Code: message (HTTP status)` for service errors, the cause chain otherwise.
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let status = service.raw().status().as_u16();
+            match (e.code(), e.message().filter(|m| !m.is_empty())) {
+                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+                (Some(code), None) => format!("{code} (HTTP {status})"),
+                (None, _) => format!("{} (HTTP {status})", DisplayErrorContext(err)),
+            }
+        }
+        other => DisplayErrorContext(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(code: &str, status: u16) -> Failure<'_> {
+        Failure::Service { code: Some(code), status: Some(status) }
+    }
+
+    #[test]
+    fn sqs_failures_are_classified() {
+        let cases = [
+            (service("QueueDoesNotExist", 400), Class::NoQueue),
+            (service("AWS.SimpleQueueService.NonExistentQueue", 400), Class::NoQueue),
+            (service("AccessDenied", 403), Class::Denied),
+            (service("KmsAccessDenied", 400), Class::Denied),
+            (service("InvalidClientTokenId", 403), Class::Denied),
+            (service("SomethingNew", 403), Class::Denied),
+            (service("RequestThrottled", 400), Class::Transient),
+            (service("KmsThrottled", 400), Class::Transient),
+            (service("SomethingNew", 429), Class::Transient),
+            (service("InternalError", 500), Class::Transient),
+            (service("SomethingNew", 503), Class::Transient),
+            (service("InvalidParameterValue", 400), Class::Rejected),
+            (service("InvalidMessageContents", 400), Class::Rejected),
+            (Failure::Service { code: None, status: None }, Class::Rejected),
+            (Failure::Timeout, Class::Transient),
+            (Failure::Dispatch, Class::Transient),
+            (Failure::Response { status: Some(200) }, Class::Transient),
+            (Failure::Construction, Class::Rejected),
+        ];
+        for (failure, want) in cases {
+            assert_eq!(class_of(failure), want, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn the_limit_has_a_floor() {
+        let client = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder().behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest()).build(),
+        );
+        let sink = SqsDeadLetterSink::new(client, "https://sqs/q.fifo", "arn");
+        assert_eq!(sink.max_message_bytes(), DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(sink.clone().with_max_message_bytes(1).max_message_bytes(), MIN_MAX_MESSAGE_BYTES);
+        assert_eq!(sink.clone().with_max_message_bytes(1 << 20).max_message_bytes(), 1 << 20);
+        assert!(sink.is_fifo());
+    }
+}
