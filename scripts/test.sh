@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "emulators (DynamoDB Local 3.3.0 on Java 17)"
+step "emulators (DynamoDB Local 3.3.0 on Java 17, moto server for SQS)"
 bash .ci/install-emulators.sh
 
 step "formatting"
