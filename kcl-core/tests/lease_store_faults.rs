@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Fleet, LEASE_DURATION, Link, init_tracing};
-use kcl_core::testing::memory_store::MemoryLeaseStore;
+use kcl_core::testing::memory_store::{LeaseOp, MemoryLeaseStore};
 use kcl_core::testing::recording::{DeliveryOutcome, RecordingProcessorFactory};
 use kcl_core::testing::sim::StreamSimulator;
 use kcl_core::{Metrics, Worker, WorkerId};
@@ -115,6 +115,50 @@ async fn a_worker_cut_off_from_the_table_stops_before_its_leases_move_and_rejoin
     assert!(LEASE_DURATION > fleet.config("b").fence_after());
     b_handle.shutdown(Duration::from_secs(25)).await;
     b_task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+    fleet.stop_all().await;
+    let report = fleet.check().await;
+    report.assert_ok();
+    assert_eq!(report.stats.lost, 0);
+}
+
+/// A worker judged dead that comes back registers a new incarnation, and peers must treat it
+/// as alive even if they still remember it as dead. Here a judges b dead and takes its leases,
+/// then a is cut off before it scans again while b comes back and takes everything; when a
+/// returns, it must not delete b's new heartbeat nor take b's leases as expired (only steal its
+/// fair share).
+#[tokio::test(start_paused = true)]
+async fn a_worker_judged_dead_is_alive_again_once_it_registers_anew() {
+    init_tracing();
+    let store = MemoryLeaseStore::new().with_full_history();
+    let sim = StreamSimulator::builder().seed(12).initial_shards(4).build();
+    let mut fleet = Fleet::new(sim.clone(), store.clone());
+    fleet.start("a");
+    fleet.start("b");
+    fleet.wait_for(Duration::from_secs(60), "an even split", Fleet::balanced).await;
+    fleet.write(100, 20, Duration::from_millis(10)).await;
+    let owns = |f: &Fleet, w: &str, n: usize| f.owners().get(&Some(w.to_owned())) == Some(&n);
+
+    fleet.set_cut("b", true);
+    fleet.wait_for(Duration::from_secs(30), "a to take b's leases", |f| owns(f, "a", 4)).await;
+    fleet.set_cut("a", true);
+    fleet.set_cut("b", false);
+    fleet.wait_for(Duration::from_secs(30), "b to take a's leases", |f| owns(f, "b", 4)).await;
+    let a_back = tokio::time::Instant::now();
+    fleet.set_cut("a", false);
+    fleet.write(1500, 20, Duration::from_millis(20)).await; // 3 lease durations
+
+    let from_b: Vec<_> = store
+        .history()
+        .into_iter()
+        .filter(|e| e.at > a_back && e.owner_before.as_ref().map(WorkerId::as_str) == Some("b"))
+        .filter(|e| matches!(e.op, LeaseOp::Delete | LeaseOp::Take))
+        .collect();
+    let heartbeats_removed = from_b.iter().filter(|e| e.key.is_heartbeat()).count();
+    let taken = from_b.iter().filter(|e| e.op == LeaseOp::Take).count();
+    assert_eq!(heartbeats_removed, 0, "a removed the heartbeat of the live b: {from_b:#?}");
+    assert_eq!(taken, 2, "a should steal exactly its fair share from b: {from_b:#?}");
+    assert!(fleet.balanced(), "{:?}", fleet.owners());
+    fleet.drain(Duration::from_secs(60)).await;
     fleet.stop_all().await;
     let report = fleet.check().await;
     report.assert_ok();

@@ -80,8 +80,12 @@ pub(crate) struct Coordinator<S> {
     /// Heartbeat keys of other workers, by owner, from the last scan.
     peers: Mutex<HashMap<LeaseKey, WorkerId>>,
     /// Workers judged dead by their heartbeats, remembered until they own no lease (another
-    /// worker may delete a dead heartbeat before this one has taken what it needs).
+    /// worker may delete a dead heartbeat before this one has taken what it needs) or until
+    /// they have a live heartbeat again (a new incarnation, after a pause or a partition).
     dead: Mutex<HashSet<WorkerId>>,
+    /// The heartbeats judged dead, with the counter they had then. A dead heartbeat whose
+    /// counter moved since belongs to a worker that came back before it was removed: alive.
+    dead_heartbeats: Mutex<HashMap<LeaseKey, u64>>,
     snapshot: Mutex<TableSnapshot>,
     token: CancellationToken,
     seed: u64,
@@ -126,6 +130,7 @@ impl<S: LeaseStore> Coordinator<S> {
             observations: Mutex::new(Observations::default()),
             peers: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashSet::new()),
+            dead_heartbeats: Mutex::new(HashMap::new()),
             snapshot: Mutex::new(TableSnapshot::default()),
             token,
             seed,
@@ -245,17 +250,20 @@ impl<S: LeaseStore> Coordinator<S> {
                         item.counter,
                         now,
                     );
-                    now.duration_since(obs.since) >= self.config.lease_duration()
+                    (now.duration_since(obs.since) >= self.config.lease_duration()).then_some(Some(item.counter))
                 }
                 // Gone: its owner removed it on a clean stop, or another worker judged it dead.
-                Ok(None) => true,
+                Ok(None) => Some(None),
                 Err(e) => {
                     tracing::debug!(error = %e, "heartbeat read failed");
-                    false
+                    None
                 }
             };
-            if expired {
+            if let Some(counter) = expired {
                 self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                if let Some(counter) = counter {
+                    self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), counter);
+                }
                 let first_time = self.dead.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.clone());
                 if first_time {
                     tracing::info!(%worker, "worker stopped renewing its heartbeat; taking over its leases");
@@ -284,6 +292,8 @@ impl<S: LeaseStore> Coordinator<S> {
         let mut dead_heartbeats = Vec::new();
         let mut expired_keys = HashSet::new();
         let dead_before = self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let dead_heartbeats_before = self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut dead_heartbeats_now = HashMap::new();
         {
             let mut obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner);
             let present: HashSet<&LeaseKey> = items.iter().map(|l| &l.key).collect();
@@ -298,8 +308,12 @@ impl<S: LeaseStore> Coordinator<S> {
         let mut dead: HashSet<WorkerId> = HashSet::new();
         for item in items.iter().filter(|l| l.key.is_heartbeat() && l.key != my_heartbeat) {
             let Some(owner) = item.owner.clone() else { continue };
-            if expired_keys.contains(&item.key) || dead_before.contains(&owner) {
+            // Judged by this heartbeat alone: a worker remembered as dead that registered a new
+            // incarnation, or renewed the old one since, is alive.
+            let judged_dead = dead_heartbeats_before.get(&item.key) == Some(&item.counter);
+            if expired_keys.contains(&item.key) || judged_dead {
                 dead_heartbeats.push(item);
+                dead_heartbeats_now.insert(item.key.clone(), item.counter);
                 dead.insert(owner);
             } else {
                 live.insert(owner.clone());
@@ -312,6 +326,7 @@ impl<S: LeaseStore> Coordinator<S> {
         dead.extend(dead_before.iter().filter(|w| owners.contains(w)).cloned());
         dead.retain(|w| !live.contains(w));
         self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&dead);
+        *self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner) = dead_heartbeats_now;
         *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
         for hb in dead_heartbeats {
             // Clean up: conditional on the counter seen, so a revived worker's renewal wins.
