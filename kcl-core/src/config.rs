@@ -70,6 +70,8 @@ pub const DEFAULT_MAX_LEASES_PER_WORKER: usize = usize::MAX;
 pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 /// Default lower bound of that backoff.
 pub const DEFAULT_MIN_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Default limit on one call of the stream source (a shard listing, an iterator, a read).
+pub const DEFAULT_SOURCE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records per read allowed by DynamoDB Streams.
 pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
 
@@ -139,6 +141,8 @@ pub struct Config {
     pub(crate) on_retries_exhausted: OnRetriesExhausted,
     pub(crate) stall_threshold: Duration,
     pub(crate) on_stall: OnStall,
+    pub(crate) lease_call_timeout: Duration,
+    pub(crate) source_call_timeout: Duration,
 }
 
 impl Config {
@@ -167,8 +171,11 @@ impl Config {
                 on_retries_exhausted: OnRetriesExhausted::DeadLetter,
                 stall_threshold: DEFAULT_STALL_THRESHOLD,
                 on_stall: OnStall::Report,
+                lease_call_timeout: DEFAULT_LEASE_DURATION / 3,
+                source_call_timeout: DEFAULT_SOURCE_CALL_TIMEOUT,
             },
             take_interval_set: false,
+            lease_call_timeout_set: false,
         }
     }
 
@@ -206,6 +213,7 @@ fn default_worker_id() -> WorkerId {
 pub struct ConfigBuilder {
     config: Config,
     take_interval_set: bool,
+    lease_call_timeout_set: bool,
 }
 
 impl ConfigBuilder {
@@ -323,10 +331,31 @@ impl ConfigBuilder {
         self
     }
 
+    /// Longest one lease-table call may take before it counts as a transient failure (and is
+    /// cancelled). A connection that goes silent (a network partition that drops packets)
+    /// would otherwise hold renewals, takes and checkpoints forever: the worker fences itself
+    /// in time anyway, but could not notice that the table is back. Default: the renew
+    /// interval, a third of the lease duration. Must be less than the lease duration.
+    pub fn lease_call_timeout(mut self, d: Duration) -> Self {
+        self.config.lease_call_timeout = d;
+        self.lease_call_timeout_set = true;
+        self
+    }
+    /// Longest one call of the stream source (listing shards, getting an iterator, reading
+    /// records) may take before it counts as a transient failure and is retried. Default
+    /// [`DEFAULT_SOURCE_CALL_TIMEOUT`] (10 s).
+    pub fn source_call_timeout(mut self, d: Duration) -> Self {
+        self.config.source_call_timeout = d;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(mut self) -> Result<Config, ConfigError> {
         if !self.take_interval_set {
             self.config.take_interval = self.config.lease_duration;
+        }
+        if !self.lease_call_timeout_set {
+            self.config.lease_call_timeout = self.config.lease_duration / 3;
         }
         let c = self.config;
         if c.application_name.trim().is_empty() {
@@ -347,6 +376,8 @@ impl ConfigBuilder {
             ("max_record_age", c.max_record_age.unwrap_or(Duration::MAX)),
             ("stall_threshold", c.stall_threshold),
             ("processing_timeout", c.processing_timeout.unwrap_or(Duration::MAX)),
+            ("lease_call_timeout", c.lease_call_timeout),
+            ("source_call_timeout", c.source_call_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
@@ -356,16 +387,16 @@ impl ConfigBuilder {
             (sv >= lv).then_some(ConfigError::Inverted { smaller, smaller_value: sv, larger, larger_value: lv })
         };
         if let Some(e) =
-            inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration).or_else(
-                || {
+            inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration)
+                .or_else(|| inverted("lease_call_timeout", c.lease_call_timeout, "lease_duration", c.lease_duration))
+                .or_else(|| {
                     inverted(
                         "min_retry_backoff",
                         c.min_retry_backoff,
                         "max_retry_backoff",
                         c.max_retry_backoff + Duration::from_nanos(1),
                     )
-                },
-            )
+                })
         {
             return Err(e);
         }
@@ -394,6 +425,19 @@ mod tests {
         assert_eq!(c.renew_interval(), Duration::from_secs(10) / 3);
         assert!(c.fence_after() < c.lease_duration());
         assert_eq!(c.max_records_per_read, 1000);
+        assert_eq!(c.lease_call_timeout, c.renew_interval());
+        assert_eq!(c.source_call_timeout, DEFAULT_SOURCE_CALL_TIMEOUT);
+    }
+
+    #[test]
+    fn lease_call_timeout_follows_lease_duration_unless_set() {
+        let c = Config::builder("app").lease_duration(Duration::from_secs(6)).build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lease_call_timeout, Duration::from_secs(2));
+        let c = Config::builder("app")
+            .lease_call_timeout(Duration::from_millis(700))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lease_call_timeout, Duration::from_millis(700));
     }
 
     #[test]
@@ -417,6 +461,11 @@ mod tests {
                 Config::builder("a").heartbeat_poll_interval(Duration::from_secs(20)),
                 "heartbeat_poll_interval (20s) must be less than lease_duration (10s)",
             ),
+            (
+                Config::builder("a").lease_call_timeout(Duration::from_secs(10)),
+                "lease_call_timeout (10s) must be less than lease_duration (10s)",
+            ),
+            (Config::builder("a").source_call_timeout(Duration::ZERO), "source_call_timeout is zero"),
             (
                 Config::builder("a").retry_backoff(Duration::from_secs(5), Duration::from_secs(1)),
                 "min_retry_backoff (5s) must be less than max_retry_backoff",

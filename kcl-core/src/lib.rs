@@ -15,6 +15,7 @@
 //!   before anyone else may take the lease.
 //! - **Nothing lost silently**: trimmed data is counted and logged.
 
+mod call_timeout;
 pub mod checkpoint;
 pub mod config;
 mod consumer;

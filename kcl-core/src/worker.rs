@@ -10,6 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::call_timeout::{TimedSource, TimedStore};
 use crate::config::{Config, OnStall};
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
@@ -41,9 +42,9 @@ use crate::status::{ShardState, StatusBoard, WorkerStatus};
 /// ```
 #[derive(Debug)]
 pub struct Worker<S, L, F, D = NoDeadLetter> {
-    source: Arc<S>,
+    source: Arc<TimedSource<S>>,
     dead_letter: Option<Arc<D>>,
-    store: Arc<L>,
+    store: Arc<TimedStore<L>>,
     factory: Arc<F>,
     config: Arc<Config>,
     metrics: Metrics,
@@ -126,9 +127,9 @@ where
     pub fn with_metrics(config: Config, source: S, store: L, factory: F, metrics: Metrics) -> Self {
         let status = Arc::new(StatusBoard::new(config.worker_id().clone()));
         Self {
-            source: Arc::new(source),
+            source: Arc::new(TimedSource::new(source, config.source_call_timeout)),
             dead_letter: None,
-            store: Arc::new(store),
+            store: Arc::new(TimedStore::new(store, config.lease_call_timeout)),
             factory: Arc::new(factory),
             config: Arc::new(config),
             metrics,
@@ -273,7 +274,7 @@ where
 
     /// The stall watchdog: reports held shards without progress, and releases them when so
     /// configured.
-    async fn watchdog(&self, coordinator: &Coordinator<L>) {
+    async fn watchdog(&self, coordinator: &Coordinator<TimedStore<L>>) {
         let stalled = self.status.stalled(self.config.stall_threshold);
         self.metrics.stalled_shards.set(stalled.len() as i64);
         for (shard, idle, newly, state) in stalled {
@@ -291,8 +292,8 @@ where
     /// Runs a take cycle, starts consumers for what it acquired, and says when to run the next.
     async fn take(
         &self,
-        ctx: &Arc<ConsumerContext<S, L, D>>,
-        coordinator: &Coordinator<L>,
+        ctx: &Arc<ConsumerContext<TimedSource<S>, TimedStore<L>, D>>,
+        coordinator: &Coordinator<TimedStore<L>>,
         consumers: &mut JoinSet<(LeaseKey, ConsumerExit)>,
     ) -> Instant {
         let outcome = coordinator.take_cycle().await;

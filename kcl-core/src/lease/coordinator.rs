@@ -242,8 +242,12 @@ impl<S: LeaseStore> Coordinator<S> {
             .collect();
         let mut newly_dead = false;
         for (key, worker) in peers {
+            let read = self.store.get(&key).await;
+            // Taken after the read: a change is dated when this worker learned of it, never
+            // earlier (a worker paused between sending and reading the answer would otherwise
+            // date a fresh renewal back to before its pause and judge a live peer dead).
             let now = Instant::now();
-            let expired = match self.store.get(&key).await {
+            let expired = match read {
                 Ok(Some(item)) => {
                     let obs = self.observations.lock().unwrap_or_else(PoisonError::into_inner).observe(
                         &key,
@@ -266,7 +270,8 @@ impl<S: LeaseStore> Coordinator<S> {
                 }
                 let first_time = self.dead.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.clone());
                 if first_time {
-                    tracing::info!(%worker, "worker stopped renewing its heartbeat; taking over its leases");
+                    tracing::info!(%worker, heartbeat = %key, removed = counter.is_none(),
+                        "worker stopped renewing its heartbeat; taking over its leases");
                     newly_dead = true;
                 }
             }
@@ -290,7 +295,7 @@ impl<S: LeaseStore> Coordinator<S> {
         let mut live: BTreeSet<WorkerId> = BTreeSet::new();
         let mut peers = HashMap::new();
         let mut dead_heartbeats = Vec::new();
-        let mut expired_keys = HashSet::new();
+        let mut expired_keys: HashMap<LeaseKey, std::time::Duration> = HashMap::new();
         let dead_before = self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let dead_heartbeats_before = self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut dead_heartbeats_now = HashMap::new();
@@ -300,8 +305,9 @@ impl<S: LeaseStore> Coordinator<S> {
             obs.by_key.retain(|k, _| present.contains(k));
             for item in items.iter() {
                 let o = obs.observe(&item.key, item.counter, now);
-                if now.duration_since(o.since) >= lease_duration {
-                    expired_keys.insert(item.key.clone());
+                let unchanged_for = now.duration_since(o.since);
+                if unchanged_for >= lease_duration {
+                    expired_keys.insert(item.key.clone(), unchanged_for);
                 }
             }
         }
@@ -311,7 +317,13 @@ impl<S: LeaseStore> Coordinator<S> {
             // Judged by this heartbeat alone: a worker remembered as dead that registered a new
             // incarnation, or renewed the old one since, is alive.
             let judged_dead = dead_heartbeats_before.get(&item.key) == Some(&item.counter);
-            if expired_keys.contains(&item.key) || judged_dead {
+            if let Some(unchanged_for) = expired_keys.get(&item.key)
+                && !judged_dead
+            {
+                tracing::info!(worker = %owner, heartbeat = %item.key, counter = item.counter, ?unchanged_for,
+                    "heartbeat unchanged for a lease duration; the worker is judged dead");
+            }
+            if expired_keys.contains_key(&item.key) || judged_dead {
                 dead_heartbeats.push(item);
                 dead_heartbeats_now.insert(item.key.clone(), item.counter);
                 dead.insert(owner);
@@ -360,7 +372,7 @@ impl<S: LeaseStore> Coordinator<S> {
                     None => false,
                     // Left over from an earlier run of this worker id.
                     Some(o) if o == me => true,
-                    Some(o) => dead.contains(o) || expired_keys.contains(&l.key),
+                    Some(o) => dead.contains(o) || expired_keys.contains_key(&l.key),
                 },
             })
             .chain(
