@@ -71,7 +71,7 @@ pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 /// Default lower bound of that backoff.
 pub const DEFAULT_MIN_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Default limit on one call of the stream source (a shard listing, an iterator, a read).
-pub const DEFAULT_SOURCE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SOURCE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records per read allowed by DynamoDB Streams.
 pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
 
@@ -343,7 +343,7 @@ impl ConfigBuilder {
     }
     /// Longest one call of the stream source (listing shards, getting an iterator, reading
     /// records) may take before it counts as a transient failure and is retried. Default
-    /// [`DEFAULT_SOURCE_CALL_TIMEOUT`] (10 s).
+    /// [`DEFAULT_SOURCE_CALL_TIMEOUT`] (5 s; shard listings, which paginate, get ten times as long).
     pub fn source_call_timeout(mut self, d: Duration) -> Self {
         self.config.source_call_timeout = d;
         self
