@@ -217,3 +217,5 @@ where
         tokio::time::sleep(every).await;
     }
 }
+pub(crate) mod chaos;
+pub(crate) mod proxy;
