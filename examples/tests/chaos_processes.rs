@@ -34,15 +34,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::chaos::{
-    Clock, Dump, Evidence, Fleet, LeaseWrite, Pause, TimeBase, Writer, assert_no_problems, create_clock_table,
-    create_lease_table, dump_stream, holders, metric, moved, secs_between, signal, verify, wait_processed,
-    wait_shards_finished, wait_stopped, wall_nanos,
+    Clock, Fleet, LeaseWrite, Pause, Record, TimeBase, Writer, assert_no_problems, create_clock_table,
+    create_lease_table, drain_and_verify, holders, metric, moved, secs_between, signal, wait_stopped, wall_nanos,
 };
 use common::start_emulator;
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
+use kcl_core::LeaseKey;
 use kcl_core::testing::memory_store::LeaseOp;
-use kcl_core::{LeaseKey, LeaseStore};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -437,32 +436,19 @@ async fn chaos_with_real_processes() {
         let endpoint = chaos.endpoint.clone();
         chaos.fleet.spawn(name, &endpoint).await;
     }
-    let paths = chaos.fleet.files.values().map(|f| f.path.clone()).collect();
-    wait_processed(paths, &written, Duration::from_secs(120)).await;
     let streams = local.streams_client();
-    wait_shards_finished(&chaos.store, &streams, &data_arn, Duration::from_secs(60)).await;
-    chaos.fleet.stop_all().await;
-    println!("chaos: {:6.2} s drained; every worker stopped", chaos.elapsed());
-    let final_leases = chaos.store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
-    let ticks = clock.stop().await;
-
-    let (data, leases, clock_dump): (Dump, Dump, Dump) = (
-        dump_stream(&streams, &data_arn).await,
-        dump_stream(&streams, &lease_arn).await,
-        dump_stream(&streams, &clock_arn).await,
-    );
-    let files: Vec<_> = chaos.fleet.files.values().cloned().collect();
-    let mut figures = verify(&Evidence {
+    let record = Record {
+        streams: &streams,
+        data_arn: &data_arn,
+        lease_arn: &lease_arn,
+        clock_arn: &clock_arn,
+        clock,
         base,
         lease_duration: LEASE_DURATION,
-        written: &written,
-        data: &data,
-        leases: &leases,
-        clock: &clock_dump,
-        ticks: &ticks,
-        files: &files,
-        final_leases: &final_leases,
-    });
+    };
+    let mut figures =
+        drain_and_verify(&mut chaos.fleet, &chaos.store, &written, record, Duration::from_secs(120)).await;
+    println!("chaos: {:6.2} s drained; every worker stopped", chaos.elapsed());
 
     // Failover by the lease history: a hit until its leases were taken.
     let mut max_failover = 0.0f64;

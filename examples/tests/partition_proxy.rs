@@ -35,9 +35,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::chaos::{
-    Clock, Evidence, Fleet, LeaseWrite, TimeBase, Writer, assert_no_problems, create_clock_table, create_lease_table,
-    dump_stream, holders, metric, moved, read_lines, secs_between, verify, wait_processed, wait_shards_finished,
-    wall_nanos,
+    Clock, Fleet, LeaseWrite, Record, TimeBase, Writer, assert_no_problems, create_clock_table, create_lease_table,
+    drain_and_verify, holders, metric, moved, read_lines, secs_between, wall_nanos,
 };
 use common::proxy::{CutMode, Proxy, ProxyStats};
 use common::{eventually, http_get, start_emulator};
@@ -273,28 +272,17 @@ async fn partitioned_worker_fences_itself_and_rejoins() {
     let written = writer.stop().await;
     println!("partition: writes stopped after {} changes", written.writes);
 
-    let paths = run.fleet.files.values().map(|f| f.path.clone()).collect();
-    wait_processed(paths, &written, Duration::from_secs(90)).await;
     let streams = run.local.streams_client();
-    wait_shards_finished(&run.store, &streams, &data_arn, Duration::from_secs(60)).await;
-    run.fleet.stop_all().await;
-    let final_leases = run.store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
-    let ticks = clock.stop().await;
-    let data = dump_stream(&streams, &data_arn).await;
-    let leases = dump_stream(&streams, &lease_arn).await;
-    let clock_dump = dump_stream(&streams, &clock_arn).await;
-    let files: Vec<_> = run.fleet.files.values().cloned().collect();
-    let mut figures = verify(&Evidence {
+    let record = Record {
+        streams: &streams,
+        data_arn: &data_arn,
+        lease_arn: &lease_arn,
+        clock_arn: &clock_arn,
+        clock,
         base,
         lease_duration: LEASE_DURATION,
-        written: &written,
-        data: &data,
-        leases: &leases,
-        clock: &clock_dump,
-        ticks: &ticks,
-        files: &files,
-        final_leases: &final_leases,
-    });
+    };
+    let mut figures = drain_and_verify(&mut run.fleet, &run.store, &written, record, Duration::from_secs(90)).await;
 
     // Per phase: a's deliveries stop within the fencing window, and resume only in a new tenure.
     let a_id = run.fleet.id_of("a");

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub(crate) skipped: IntCounter,
     pub(crate) processing_timeouts: IntCounter,
     pub(crate) stalled_shards: IntGauge,
+    pub(crate) shards_without_children: IntGauge,
 }
 
 /// A metric could not be registered (most often: two workers registered in one registry).
@@ -109,9 +110,15 @@ impl Metrics {
                 "kcl_stalled_shards",
                 "Held shards without progress for longer than the stall threshold",
             )?,
+            shards_without_children: IntGauge::new(
+                "kcl_ended_shards_without_children",
+                "Shards this worker processed to their end whose children have not appeared for longer than \
+                 the stall threshold",
+            )?,
         };
         registry.register(Box::new(m.records_processed.clone()))?;
         registry.register(Box::new(m.stalled_shards.clone()))?;
+        registry.register(Box::new(m.shards_without_children.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.processing_timeouts.clone()))?;

@@ -62,6 +62,10 @@ pub struct WorkerStatus {
     pub records_dead_lettered: u64,
     /// Records skipped after exhausted retries with no dead-letter destination.
     pub records_skipped: u64,
+    /// Shards this worker processed to their end whose children have not appeared for longer
+    /// than the stall threshold, with the time since they ended. Their successors cannot
+    /// start: the stream may have been disabled, or the listing keeps failing.
+    pub ended_without_children: BTreeMap<ShardId, Duration>,
 }
 
 impl WorkerStatus {
@@ -93,8 +97,13 @@ impl StatusBoard {
                 trimmed_events: 0,
                 records_dead_lettered: 0,
                 records_skipped: 0,
+                ended_without_children: BTreeMap::new(),
             }),
         }
+    }
+
+    pub(crate) fn set_ended_without_children(&self, shards: BTreeMap<ShardId, Duration>) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).ended_without_children = shards;
     }
 
     pub(crate) fn update(&self, shard: &ShardId, f: impl FnOnce(&mut ShardStatus)) {

@@ -196,7 +196,9 @@ where
             coordinator: coordinator.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            status: self.status.clone(),
             created: Arc::new(tokio::sync::Notify::new()),
+            awaiting_children: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let leases_created = sync.created.clone();
         if let Err(e) = sync.full_sync().await {

@@ -115,3 +115,32 @@ async fn release_lease_moves_a_stalled_shard_to_another_worker() {
     stuck_task.abort();
     fleet.stop_all().await;
 }
+
+/// A shard that ends without children showing up is reported once the stall threshold has
+/// passed, and no longer once the children appear (then they are processed).
+#[tokio::test(start_paused = true)]
+async fn children_that_never_show_up_are_reported() {
+    init_tracing();
+    let sim =
+        StreamSimulator::builder().seed(34).initial_shards(1).child_listing_delay(Duration::from_secs(240)).build();
+    let store = MemoryLeaseStore::new();
+    let mut fleet = Fleet::new(sim.clone(), store.clone());
+    fleet.tune = |b| b.stall_threshold(Duration::from_secs(30)).shard_sync_interval(Duration::from_secs(10));
+    fleet.start("w");
+    fleet.write(20, 5, Duration::ZERO).await;
+    let parent = sim.open_shards()[0].clone();
+    sim.rotate(&parent).unwrap_or_else(|e| panic!("{e}"));
+    fleet.write(20, 5, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(fleet.handle("w").status().ended_without_children.is_empty(), "not reported before the threshold");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let reported = fleet.handle("w").status().ended_without_children;
+    assert_eq!(reported.keys().collect::<Vec<_>>(), vec![&parent], "{reported:?}");
+    assert!(reported[&parent] >= Duration::from_secs(30));
+    // The children appear 240 s after the rotation: no longer reported, and processed.
+    fleet.drain(Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(fleet.handle("w").status().ended_without_children.is_empty());
+    fleet.stop_all().await;
+    fleet.check().await.assert_ok();
+}

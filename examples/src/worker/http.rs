@@ -49,6 +49,10 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn status(State(state): State<AppState>) -> Response {
     let s = state.handle.status();
     let shards: serde_json::Map<String, Value> = s
@@ -59,8 +63,10 @@ async fn status(State(state): State<AppState>) -> Response {
                 "state": format!("{:?}", shard.state),
                 "checkpoint": shard.checkpoint.as_ref().map(|c| c.to_store_string()),
                 "last_processed": shard.last_processed.as_ref().map(|q| q.as_str().to_owned()),
-                "lag_ms": shard.lag.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                "lag_ms": shard.lag.map(millis),
                 "records_processed": shard.records_processed,
+                "trimmed_events": shard.trimmed_events,
+                "stalled_for_ms": shard.stalled_for.map(millis),
             });
             (id.as_str().to_owned(), value)
         })
@@ -71,6 +77,14 @@ async fn status(State(state): State<AppState>) -> Response {
         "leases_held": s.leases_held(),
         "records_processed": s.records_processed,
         "shards_ended": s.shards_ended,
+        "trimmed_events": s.trimmed_events,
+        "records_dead_lettered": s.records_dead_lettered,
+        "records_skipped": s.records_skipped,
+        "ended_without_children_ms": s
+            .ended_without_children
+            .iter()
+            .map(|(id, ago)| (id.as_str().to_owned(), json!(millis(*ago))))
+            .collect::<serde_json::Map<String, Value>>(),
         "shards": shards,
     });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()

@@ -5,13 +5,16 @@
 //! `shard_sync_interval`, and uses the coordinator's last table scan instead of scanning
 //! again. At every shard end it asks for that shard's children only, retrying with backoff
 //! while they are not listed yet (children can appear a moment after their parent closes).
+//! A shard whose children are still missing after the stall threshold is reported (a
+//! warning, `kcl_ended_shards_without_children`, the status) until they appear.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ShardId;
@@ -22,6 +25,7 @@ use crate::lease::coordinator::Coordinator;
 use crate::lease::{Lease, LeaseStore, LeaseUpdate};
 use crate::metrics::Metrics;
 use crate::source::{ShardDescription, SourceError, StreamSource};
+use crate::status::StatusBoard;
 
 /// Tries of the child lookup after a shard end (as the Java adapter: 10, 50 ms up to 1 s).
 const CHILD_LOOKUP_TRIES: usize = 10;
@@ -32,15 +36,20 @@ pub(crate) struct ShardSync<S, L> {
     pub(crate) coordinator: Arc<Coordinator<L>>,
     pub(crate) config: Arc<Config>,
     pub(crate) metrics: Metrics,
+    pub(crate) status: Arc<StatusBoard>,
     /// Told when leases were created at a shard end, so the worker takes them at once
     /// instead of at its next take cycle.
     pub(crate) created: Arc<tokio::sync::Notify>,
+    /// Shards this worker ended whose children were not listed yet: when each ended, and
+    /// whether it was reported.
+    pub(crate) awaiting_children: Mutex<HashMap<ShardId, (Instant, bool)>>,
 }
 
 impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
     /// Lists shards and creates missing leases; the worker calls it once before starting.
     pub(crate) async fn full_sync(&self) -> Result<(), SourceError> {
         let shards = self.source.list_shards().await?;
+        self.check_awaiting_children(&shards);
         let snapshot = self.coordinator.snapshot();
         let leases: Arc<Vec<Lease>> = if snapshot.taken_at.is_some() {
             snapshot.leases
@@ -93,8 +102,41 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
         applied
     }
 
+    /// Forgets ended shards whose children are listed now; reports those still without
+    /// children past the stall threshold.
+    fn check_awaiting_children(&self, shards: &[ShardDescription]) {
+        let parents: HashSet<&ShardId> = shards.iter().flat_map(|s| s.parent_ids.iter()).collect();
+        let now = Instant::now();
+        let threshold = self.config.stall_threshold;
+        let mut awaiting = self.awaiting_children.lock().unwrap_or_else(PoisonError::into_inner);
+        awaiting.retain(|shard, (ended, _)| {
+            let found = parents.contains(shard);
+            if found {
+                tracing::info!(%shard, ended_ago = ?now.duration_since(*ended), "children of an ended shard appeared");
+            }
+            !found
+        });
+        let mut overdue = BTreeMap::new();
+        for (shard, (ended, reported)) in awaiting.iter_mut() {
+            let ago = now.duration_since(*ended);
+            if ago < threshold {
+                continue;
+            }
+            if !*reported {
+                *reported = true;
+                tracing::warn!(%shard, ended_ago = ?ago,
+                    "shard ended but no child shard has appeared; its successors cannot start (was the stream \
+                     disabled? do shard listings fail?)");
+            }
+            overdue.insert(shard.clone(), ago);
+        }
+        self.metrics.shards_without_children.set(overdue.len() as i64);
+        self.status.set_ended_without_children(overdue);
+    }
+
     /// Creates the leases of an ended shard's children, retrying while none are listed.
     async fn children_of(&self, parent: &ShardId, token: &CancellationToken) {
+        let ended = Instant::now();
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(1))
@@ -114,6 +156,10 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
             }
             let Some(d) = delays.next() else {
                 tracing::info!(shard = %parent, "no children listed after the shard ended; the periodic sync will pick them up");
+                self.awaiting_children
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(parent.clone(), (ended, false));
                 return;
             };
             tokio::select! {

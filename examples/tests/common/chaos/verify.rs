@@ -3,6 +3,51 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// What a run recorded, to be judged at its end: the streams of the data table, the lease
+/// table and the clock table, and the clock that dates lease writes.
+#[derive(Debug)]
+pub(crate) struct Record<'a> {
+    pub(crate) streams: &'a aws_sdk_dynamodbstreams::Client,
+    pub(crate) data_arn: &'a str,
+    pub(crate) lease_arn: &'a str,
+    pub(crate) clock_arn: &'a str,
+    pub(crate) clock: Clock,
+    pub(crate) base: TimeBase,
+    pub(crate) lease_duration: Duration,
+}
+
+/// Waits until every written change was processed (up to `drain`) and every closed shard
+/// finished, stops every worker with SIGTERM (each must exit with 0) and judges the run.
+pub(crate) async fn drain_and_verify(
+    fleet: &mut Fleet,
+    store: &DynamoLeaseStore,
+    written: &Written,
+    record: Record<'_>,
+    drain: Duration,
+) -> Figures {
+    let paths = fleet.files.values().map(|f| f.path.clone()).collect();
+    wait_processed(paths, written, drain).await;
+    wait_shards_finished(store, record.streams, record.data_arn, Duration::from_secs(60)).await;
+    fleet.stop_all().await;
+    let final_leases = store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
+    let ticks = record.clock.stop().await;
+    let data = dump_stream(record.streams, record.data_arn).await;
+    let leases = dump_stream(record.streams, record.lease_arn).await;
+    let clock = dump_stream(record.streams, record.clock_arn).await;
+    let files: Vec<_> = fleet.files.values().cloned().collect();
+    verify(&Evidence {
+        base: record.base,
+        lease_duration: record.lease_duration,
+        written,
+        data: &data,
+        leases: &leases,
+        clock: &clock,
+        ticks: &ticks,
+        files: &files,
+        final_leases: &final_leases,
+    })
+}
+
 /// Everything [`verify`] judges.
 #[derive(Debug)]
 pub(crate) struct Evidence<'a> {
