@@ -39,6 +39,8 @@ pub(crate) struct ConsumerContext<S, L, D> {
     pub(crate) shard_ended: mpsc::UnboundedSender<ShardId>,
     /// Where exhausted records go; `None` when the worker has no destination.
     pub(crate) dead_letter: Option<Arc<D>>,
+    /// Shards known to be closed (from shard sync's listings).
+    pub(crate) closed: Arc<std::sync::Mutex<std::collections::HashSet<ShardId>>>,
 }
 
 /// How a consumer finished.
@@ -294,7 +296,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                             Some(next) => iterator = next,
                         }
                         if empty {
-                            if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                            // At the head of an open shard: caught up. A closed shard has no
+                            // head to wait at: empty reads before its end do not count.
+                            let closed = self
+                                .closed
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .contains(&held.shard_id);
+                            if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 && !closed {
                                 self.status.caught_up(&held.shard_id);
                             }
                             tokio::select! {

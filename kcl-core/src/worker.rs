@@ -199,7 +199,9 @@ where
             status: self.status.clone(),
             created: Arc::new(tokio::sync::Notify::new()),
             awaiting_children: std::sync::Mutex::new(std::collections::HashMap::new()),
+            closed: Arc::new(std::sync::Mutex::new(std::collections::HashSet::new())),
         };
+        let closed = sync.closed.clone();
         let leases_created = sync.created.clone();
         if let Err(e) = sync.full_sync().await {
             if matches!(e.kind(), SourceErrorKind::NotFound | SourceErrorKind::Fatal) {
@@ -218,6 +220,7 @@ where
             shutdown: self.shutdown.clone(),
             shard_ended: ended_tx,
             dead_letter: self.dead_letter.clone(),
+            closed,
         });
 
         // Background tasks stop when `background` is cancelled: after consumers have finished,

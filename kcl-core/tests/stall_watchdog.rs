@@ -144,3 +144,38 @@ async fn children_that_never_show_up_are_reported() {
     fleet.stop_all().await;
     fleet.check().await.assert_ok();
 }
+
+/// An iterator that stops advancing on a closed shard (empty reads, never its end) is
+/// reported; with `ReleaseLease` the shard is released, and once reads advance again it is
+/// processed to its end.
+#[tokio::test(start_paused = true)]
+async fn an_iterator_stuck_before_a_closed_shards_end_is_reported_and_released() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(35).initial_shards(1).build();
+    let store = MemoryLeaseStore::new();
+    let mut fleet = Fleet::new(sim.clone(), store.clone());
+    fleet.tune = |b| {
+        b.stall_threshold(Duration::from_secs(30))
+            .on_stall(OnStall::ReleaseLease)
+            .shard_sync_interval(Duration::from_secs(10))
+    };
+    let parent = sim.open_shards()[0].clone();
+    fleet.write(30, 5, Duration::ZERO).await;
+    sim.rotate(&parent).unwrap_or_else(|e| panic!("{e}"));
+    sim.stick_reads(&parent, true).unwrap_or_else(|e| panic!("{e}"));
+    fleet.start("w");
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let stalled = fleet.handle("w").status().shards.get(&parent).and_then(|s| s.stalled_for);
+    let released = store.history().iter().any(|e| e.op == LeaseOp::Release && e.key.as_str() == parent.as_str());
+    assert!(
+        stalled.is_some() || released,
+        "stuck reads on a closed shard went unnoticed: {:?}",
+        fleet.handle("w").status()
+    );
+    assert_eq!(fleet.log.distinct_processed(), 0, "nothing could be read");
+    sim.stick_reads(&parent, false).unwrap_or_else(|e| panic!("{e}"));
+    fleet.write(10, 5, Duration::ZERO).await;
+    fleet.drain(Duration::from_secs(120)).await;
+    fleet.stop_all().await;
+    fleet.check().await.assert_ok();
+}

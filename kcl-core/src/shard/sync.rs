@@ -43,6 +43,9 @@ pub(crate) struct ShardSync<S, L> {
     /// Shards this worker ended whose children were not listed yet: when each ended, and
     /// whether it was reported.
     pub(crate) awaiting_children: Mutex<HashMap<ShardId, (Instant, bool)>>,
+    /// The shards known to be closed, shared with the consumers: an empty read of a closed
+    /// shard that is not at its end is no progress (an iterator that stopped advancing).
+    pub(crate) closed: Arc<Mutex<HashSet<ShardId>>>,
 }
 
 impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
@@ -50,6 +53,8 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
     pub(crate) async fn full_sync(&self) -> Result<(), SourceError> {
         let shards = self.source.list_shards().await?;
         self.check_awaiting_children(&shards);
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) =
+            shards.iter().filter(|s| s.is_closed()).map(|s| s.id.clone()).collect();
         let snapshot = self.coordinator.snapshot();
         let leases: Arc<Vec<Lease>> = if snapshot.taken_at.is_some() {
             snapshot.leases
@@ -145,6 +150,7 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
         loop {
             match self.source.child_shards(parent).await {
                 Ok(children) if !children.is_empty() => {
+                    self.closed.lock().unwrap_or_else(PoisonError::into_inner).insert(parent.clone());
                     let leases = children_leases(&children);
                     if self.create(leases).await > 0 {
                         self.created.notify_one();

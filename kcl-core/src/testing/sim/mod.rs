@@ -248,6 +248,20 @@ impl StreamSimulator {
         state.faults.pending(FaultTarget::Read) + state.faults.pending(FaultTarget::List)
     }
 
+    /// Makes reads of `shard` stuck (or unsticks them): they return no records and the same
+    /// iterator, as an iterator that stopped advancing would, while the shard may well have
+    /// records after it. Iterators still expire.
+    pub fn stick_reads(&self, shard: &ShardId, stuck: bool) -> Result<(), SimError> {
+        let mut state = self.lock();
+        let index = state.index_of(shard).ok_or_else(|| SimError::UnknownShard(shard.clone()))?;
+        if stuck {
+            state.stuck.insert(index);
+        } else {
+            state.stuck.remove(&index);
+        }
+        Ok(())
+    }
+
     /// Drops every queued fault and error rate.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
@@ -311,7 +325,10 @@ impl StreamSource for StreamSimulator {
                 Some(fault) => Err(fault),
                 None => state.read(iterator, limit, now),
             };
-            let (batch, shard) = result.map_err(|e| Self::failed(&mut state, e))?;
+            let (mut batch, shard) = result.map_err(|e| Self::failed(&mut state, e))?;
+            if state.stuck.contains(&shard) {
+                batch = RecordBatch { records: Vec::new(), next_iterator: Some(iterator.clone()) };
+            }
             state.stats.records_returned += batch.records.len() as u64;
             (batch, InFlight { sim: self.clone(), shard })
         };

@@ -8,7 +8,7 @@
 //! and a shard's oldest retained record is found by binary search. Positions in a shard are
 //! absolute (records written to it before), so they stay valid as the front is trimmed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -152,6 +152,8 @@ pub(super) struct State {
     clock_ns: u64,
     pub(super) faults: Faults,
     pub(super) stats: SimStats,
+    /// Shards whose reads are stuck: no records, and the same iterator back.
+    pub(super) stuck: HashSet<usize>,
 }
 
 impl State {
@@ -161,6 +163,7 @@ impl State {
         let next_seq = FIRST_SEQ + u128::from(rng.random_range(0..SEQ_OFFSET_SPAN));
         let mut state = Self {
             faults: Faults::new(settings.seed),
+            stuck: HashSet::new(),
             settings,
             rng,
             id_key,
@@ -507,6 +510,11 @@ impl State {
         };
         self.shards[it.shard].in_flight += 1;
         Ok((RecordBatch { records, next_iterator }, it.shard))
+    }
+
+    /// The index of a shard, for [`Self::stuck`].
+    pub(super) fn index_of(&self, shard: &ShardId) -> Option<usize> {
+        self.by_id.get(shard).copied()
     }
 
     /// Ends a read started by [`Self::read`].
