@@ -11,7 +11,7 @@ mod message;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
-use kcl_core::{DeadLetter, DeadLetterError, DeadLetterSink};
+use kcl_core::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink};
 
 use crate::error::Failure;
 use crate::record::ChangeRecord;
@@ -118,12 +118,15 @@ impl SqsDeadLetterSink {
         if let Some(accepted) = accepted
             && accepted < self.max_message_bytes
         {
-            return Err(DeadLetterError::new(format!(
-                "queue {} accepts messages up to {accepted} bytes, but this sink writes up to {} \
+            return Err(DeadLetterError::new(
+                DeadLetterErrorKind::Rejected,
+                format!(
+                    "queue {} accepts messages up to {accepted} bytes, but this sink writes up to {} \
                  bytes: set the queue's MaximumMessageSize to at least {}, or lower the sink's limit with \
                  with_max_message_bytes({accepted})",
-                self.queue_url, self.max_message_bytes, self.max_message_bytes
-            )));
+                    self.queue_url, self.max_message_bytes, self.max_message_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -131,10 +134,13 @@ impl SqsDeadLetterSink {
     /// The message bodies for `letter`, each at most [`Self::max_message_bytes`] long.
     fn bodies(&self, letter: &DeadLetter<'_, ChangeRecord>) -> Result<Vec<message::Body>, DeadLetterError> {
         message::encode(&self.stream_arn, letter, self.max_message_bytes).map_err(|e| {
-            DeadLetterError::new(format!(
-                "cannot write the failed records of shard {} as messages for queue {}: {e}",
-                letter.shard_id, self.queue_url
-            ))
+            DeadLetterError::new(
+                DeadLetterErrorKind::Rejected,
+                format!(
+                    "cannot write the failed records of shard {} as messages for queue {}: {e}",
+                    letter.shard_id, self.queue_url
+                ),
+            )
         })
     }
 
@@ -146,23 +152,25 @@ impl SqsDeadLetterSink {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let class = class_of(Failure::of(&err));
+        let kind = kind_of(Failure::of(&err));
         let url = &self.queue_url;
         let what = describe(&err);
-        let message = match class {
-            Class::NoQueue => format!(
+        let message = match kind {
+            DeadLetterErrorKind::NotFound => format!(
                 "queue {url} does not exist ({operation}: {what}): create the queue, or configure the URL of \
                  an existing one"
             ),
-            Class::Denied => format!(
+            DeadLetterErrorKind::AccessDenied => format!(
                 "queue {url} is not accessible ({operation}: {what}): grant sqs:SendMessage and \
                  sqs:GetQueueAttributes on it (and kms:GenerateDataKey, kms:Decrypt for a KMS-encrypted \
                  queue), and check the credentials and region"
             ),
-            Class::Transient => format!("{operation} on queue {url} failed (transient, retried): {what}"),
-            Class::Rejected => format!("{operation} on queue {url} was rejected: {what}"),
+            DeadLetterErrorKind::Transient | DeadLetterErrorKind::Throttled => {
+                format!("{operation} on queue {url} failed ({}, retried): {what}", kind.as_str())
+            }
+            _ => format!("{operation} on queue {url} was rejected: {what}"),
         };
-        DeadLetterError::new(message).with_source(err)
+        DeadLetterError::new(kind, message).with_source(err)
     }
 }
 
@@ -180,19 +188,6 @@ impl DeadLetterSink<ChangeRecord> for SqsDeadLetterSink {
         }
         Ok(())
     }
-}
-
-/// How an SQS failure is reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
-    /// The queue does not exist: not retryable until someone creates it.
-    NoQueue,
-    /// Credentials, permissions or the queue's KMS key: not retryable until fixed.
-    Denied,
-    /// Throttling, service faults, timeouts, broken connections: retryable.
-    Transient,
-    /// The request itself was refused (a bug here, or a queue that refuses such messages).
-    Rejected,
 }
 
 const NO_QUEUE_CODES: &[&str] = &["QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"];
@@ -214,33 +209,31 @@ const DENIED_CODES: &[&str] = &[
     "KmsOptInRequired",
 ];
 
-const TRANSIENT_CODES: &[&str] = &[
-    "RequestThrottled",
-    "ThrottlingException",
-    "Throttling",
-    "KmsThrottled",
-    "OverLimit",
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "RequestTimeout",
-];
+const THROTTLED_CODES: &[&str] =
+    &["RequestThrottled", "ThrottlingException", "Throttling", "KmsThrottled", "OverLimit"];
 
-fn class_of(failure: Failure<'_>) -> Class {
+const TRANSIENT_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout"];
+
+/// How an SQS failure is reported: a queue that does not exist, or credentials, permissions
+/// and KMS keys that refuse access, wait for someone to fix them; throttling, service faults,
+/// timeouts and broken connections pass; anything else is a request the queue refuses.
+fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
+    use DeadLetterErrorKind as K;
     match failure {
         Failure::Service { code, status } => match code.unwrap_or("") {
-            c if NO_QUEUE_CODES.contains(&c) => Class::NoQueue,
-            c if DENIED_CODES.contains(&c) => Class::Denied,
-            c if TRANSIENT_CODES.contains(&c) => Class::Transient,
+            c if NO_QUEUE_CODES.contains(&c) => K::NotFound,
+            c if DENIED_CODES.contains(&c) => K::AccessDenied,
+            c if THROTTLED_CODES.contains(&c) => K::Throttled,
+            c if TRANSIENT_CODES.contains(&c) => K::Transient,
             _ => match status {
-                Some(429) => Class::Transient,
-                Some(s) if s >= 500 => Class::Transient,
-                Some(403) => Class::Denied,
-                _ => Class::Rejected,
+                Some(429) => K::Throttled,
+                Some(s) if s >= 500 => K::Transient,
+                Some(403) => K::AccessDenied,
+                _ => K::Rejected,
             },
         },
-        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } => Class::Transient,
-        Failure::Construction => Class::Rejected,
+        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } => K::Transient,
+        Failure::Construction => K::Rejected,
     }
 }
 
@@ -273,28 +266,29 @@ mod tests {
 
     #[test]
     fn sqs_failures_are_classified() {
+        use DeadLetterErrorKind as K;
         let cases = [
-            (service("QueueDoesNotExist", 400), Class::NoQueue),
-            (service("AWS.SimpleQueueService.NonExistentQueue", 400), Class::NoQueue),
-            (service("AccessDenied", 403), Class::Denied),
-            (service("KmsAccessDenied", 400), Class::Denied),
-            (service("InvalidClientTokenId", 403), Class::Denied),
-            (service("SomethingNew", 403), Class::Denied),
-            (service("RequestThrottled", 400), Class::Transient),
-            (service("KmsThrottled", 400), Class::Transient),
-            (service("SomethingNew", 429), Class::Transient),
-            (service("InternalError", 500), Class::Transient),
-            (service("SomethingNew", 503), Class::Transient),
-            (service("InvalidParameterValue", 400), Class::Rejected),
-            (service("InvalidMessageContents", 400), Class::Rejected),
-            (Failure::Service { code: None, status: None }, Class::Rejected),
-            (Failure::Timeout, Class::Transient),
-            (Failure::Dispatch, Class::Transient),
-            (Failure::Response { status: Some(200) }, Class::Transient),
-            (Failure::Construction, Class::Rejected),
+            (service("QueueDoesNotExist", 400), K::NotFound),
+            (service("AWS.SimpleQueueService.NonExistentQueue", 400), K::NotFound),
+            (service("AccessDenied", 403), K::AccessDenied),
+            (service("KmsAccessDenied", 400), K::AccessDenied),
+            (service("InvalidClientTokenId", 403), K::AccessDenied),
+            (service("SomethingNew", 403), K::AccessDenied),
+            (service("RequestThrottled", 400), K::Throttled),
+            (service("KmsThrottled", 400), K::Throttled),
+            (service("SomethingNew", 429), K::Throttled),
+            (service("InternalError", 500), K::Transient),
+            (service("SomethingNew", 503), K::Transient),
+            (service("InvalidParameterValue", 400), K::Rejected),
+            (service("InvalidMessageContents", 400), K::Rejected),
+            (Failure::Service { code: None, status: None }, K::Rejected),
+            (Failure::Timeout, K::Transient),
+            (Failure::Dispatch, K::Transient),
+            (Failure::Response { status: Some(200) }, K::Transient),
+            (Failure::Construction, K::Rejected),
         ];
         for (failure, want) in cases {
-            assert_eq!(class_of(failure), want, "{failure:?}");
+            assert_eq!(kind_of(failure), want, "{failure:?}");
         }
     }
 

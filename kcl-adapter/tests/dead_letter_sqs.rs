@@ -9,7 +9,7 @@ use kcl_adapter::dead_letter_sqs::DEFAULT_MAX_MESSAGE_BYTES;
 use kcl_adapter::local::unique_name;
 use kcl_adapter::local_sqs::MotoServer;
 use kcl_adapter::{AttributeValue, ChangeRecord, EventName, Item, SqsDeadLetterSink, StreamViewType};
-use kcl_core::{DeadLetter, DeadLetterSink, SequenceNumber, ShardId};
+use kcl_core::{DeadLetter, DeadLetterErrorKind, DeadLetterSink, SequenceNumber, ShardId};
 use serde_json::{Value, json};
 
 const STREAM_ARN: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/2026-01-01T00:00:00.000";
@@ -199,6 +199,10 @@ async fn a_dead_letter_queue_that_does_not_exist_is_a_clear_error() {
         assert!(err.contains("QueueDoesNotExist") || err.contains("NonExistentQueue"), "{call}: {err}");
     }
     assert!(std::error::Error::source(&verify).is_some(), "the SDK error is kept as the source");
+    for err in [&verify, &send] {
+        assert_eq!(err.kind(), DeadLetterErrorKind::NotFound, "{err}");
+        assert!(!err.is_retryable(), "a missing queue does not come back by itself: {err}");
+    }
 }
 
 #[tokio::test]
@@ -215,5 +219,6 @@ async fn a_queue_taking_smaller_messages_fails_verification_with_the_fix() {
     let msg = err.to_string();
     assert!(msg.contains(&url) && msg.contains("65536") && msg.contains("MaximumMessageSize"), "{msg}");
     assert!(msg.contains("with_max_message_bytes(65536)"), "{msg}");
+    assert_eq!(err.kind(), DeadLetterErrorKind::Rejected);
     sink.with_max_message_bytes(65_536).verify().await.unwrap_or_else(|e| panic!("{e}"));
 }

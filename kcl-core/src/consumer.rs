@@ -526,9 +526,17 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 let letter = DeadLetter { shard_id: &held.shard_id, records: &part.records, attempts, error };
                 let mut backoff = self.backoff();
                 while let Err(e) = sink.send(&letter).await {
-                    let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
-                    tracing::error!(shard = %held.shard_id, %first, %last, error = %e, retry_in = ?d,
-                        "cannot send failed records to the dead-letter destination; the shard waits");
+                    let kind = e.kind();
+                    self.metrics.dead_letter_failures.with_label_values(&[kind.as_str()]).inc();
+                    self.status.update(&held.shard_id, |s| s.state = ShardState::WaitingOnDeadLetter);
+                    // A destination that is missing or refuses access will not heal by itself:
+                    // wait the longest backoff between sends, until someone fixes it.
+                    let d = match kind.is_retryable() {
+                        true => backoff.next().unwrap_or(self.config.max_retry_backoff),
+                        false => self.config.max_retry_backoff,
+                    };
+                    tracing::error!(shard = %held.shard_id, %first, %last, error = %e, kind = kind.as_str(),
+                        retry_in = ?d, "cannot send failed records to the dead-letter destination; the shard waits");
                     self.pause(held, d).await?;
                 }
                 self.metrics.dead_lettered.inc_by(count);
@@ -542,6 +550,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     "retries exhausted and no dead-letter destination is configured: records skipped");
             }
         }
+        self.status.update(&held.shard_id, |s| s.state = ShardState::Processing);
         self.checkpoint_or_stop(checkpointer, last).await
     }
 

@@ -34,24 +34,73 @@ impl<R: StreamRecord> DeadLetter<'_, R> {
     }
 }
 
-/// The sink failed; the consumer retries with backoff.
+/// Why a dead-letter destination refused records, for the consumer to decide how to wait.
+///
+/// Whatever the kind, the consumer never skips the records: it holds the shard and sends them
+/// again. A retryable kind is retried with the failure policy's backoff; any other kind needs
+/// someone to fix the destination, so it is logged as an error naming the fix and retried at
+/// the longest backoff (`retry_backoff`'s upper bound), until the fix is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeadLetterErrorKind {
+    /// A passing fault (network, timeout, 5xx); retry.
+    Transient,
+    /// Too many requests; back off and retry.
+    Throttled,
+    /// The destination does not exist: create it or configure another one.
+    NotFound,
+    /// Credentials, permissions or an encryption key refuse the send: grant access.
+    AccessDenied,
+    /// The destination refused these records (too large, content it does not take); sending
+    /// the same again fails until the destination's settings or the sink's change.
+    Rejected,
+}
+
+impl DeadLetterErrorKind {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterErrorKind::Transient => "transient",
+            DeadLetterErrorKind::Throttled => "throttled",
+            DeadLetterErrorKind::NotFound => "not_found",
+            DeadLetterErrorKind::AccessDenied => "access_denied",
+            DeadLetterErrorKind::Rejected => "rejected",
+        }
+    }
+
+    /// Whether sending the same records again soon may succeed without anyone fixing anything.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, DeadLetterErrorKind::Transient | DeadLetterErrorKind::Throttled)
+    }
+}
+
+/// The sink failed; the consumer holds the shard and sends again (see [`DeadLetterErrorKind`]).
 #[derive(Debug, thiserror::Error)]
 #[error("dead-letter destination: {message}")]
 pub struct DeadLetterError {
+    kind: DeadLetterErrorKind,
     message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl DeadLetterError {
-    /// A new error.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None }
+    /// A new error of this kind. The message should name the destination and the fix.
+    pub fn new(kind: DeadLetterErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
     }
     /// Attaches the underlying cause.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.source = Some(Box::new(source));
         self
+    }
+    /// The classification.
+    pub fn kind(&self) -> DeadLetterErrorKind {
+        self.kind
+    }
+    /// Whether sending the same records again soon may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
     }
 }
 
@@ -70,6 +119,6 @@ pub struct NoDeadLetter;
 
 impl<R: StreamRecord> DeadLetterSink<R> for NoDeadLetter {
     async fn send(&self, _: &DeadLetter<'_, R>) -> Result<(), DeadLetterError> {
-        Err(DeadLetterError::new("no dead-letter destination is configured"))
+        Err(DeadLetterError::new(DeadLetterErrorKind::NotFound, "no dead-letter destination is configured"))
     }
 }

@@ -33,7 +33,7 @@ pub mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
 pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition, OnRetriesExhausted, OnStall};
-pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink, NoDeadLetter};
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink, NoDeadLetter};
 pub use error::WorkerError;
 pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};
 pub use metrics::Metrics;

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub(crate) shards_ended: IntCounter,
     pub(crate) lease_table_errors: IntCounterVec,
     pub(crate) dead_lettered: IntCounter,
+    pub(crate) dead_letter_failures: IntCounterVec,
     pub(crate) skipped: IntCounter,
     pub(crate) processing_timeouts: IntCounter,
     pub(crate) stalled_shards: IntGauge,
@@ -98,6 +99,14 @@ impl Metrics {
                 "kcl_dead_letter_records_total",
                 "Records sent to the dead-letter destination after their retries were exhausted",
             )?,
+            dead_letter_failures: IntCounterVec::new(
+                Opts::new(
+                    "kcl_dead_letter_failures_total",
+                    "Sends to the dead-letter destination that failed, by kind (transient, throttled, not_found, \
+                     access_denied, rejected); the shard waits and sends again",
+                ),
+                &["kind"],
+            )?,
             skipped: IntCounter::new(
                 "kcl_records_skipped_total",
                 "Records skipped after their retries were exhausted, with no dead-letter destination",
@@ -120,6 +129,7 @@ impl Metrics {
         registry.register(Box::new(m.stalled_shards.clone()))?;
         registry.register(Box::new(m.shards_without_children.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
+        registry.register(Box::new(m.dead_letter_failures.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;
         registry.register(Box::new(m.processing_timeouts.clone()))?;
         registry.register(Box::new(m.batches.clone()))?;

@@ -21,6 +21,9 @@ pub enum ShardState {
     Fenced,
     /// Retrying a failed batch.
     Retrying,
+    /// Holding records whose retries are exhausted until the dead-letter destination takes
+    /// them (it failed; nothing is skipped meanwhile).
+    WaitingOnDeadLetter,
 }
 
 /// One held shard.

@@ -11,9 +11,11 @@ use std::time::Duration;
 use kcl_core::testing::memory_store::MemoryLeaseStore;
 use kcl_core::testing::sim::{ChangeKind, SimRecord, StreamSimulator};
 use kcl_core::{
-    Batch, Checkpointer, Config, ConfigBuilder, DeadLetter, DeadLetterError, DeadLetterSink, Metrics,
-    OnRetriesExhausted, ProcessorError, RecordProcessor, SequenceNumber, ShardId, StreamRecord, Worker, WorkerStatus,
+    Batch, Checkpointer, Config, ConfigBuilder, DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink,
+    Metrics, OnRetriesExhausted, ProcessorError, RecordProcessor, SequenceNumber, ShardId, ShardState, StreamRecord,
+    Worker, WorkerStatus,
 };
+use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
@@ -78,24 +80,51 @@ impl RecordProcessor<SimRecord> for Flaky {
 /// One dead letter as received: shard, records, attempts.
 type Letter = (ShardId, Vec<SequenceNumber>, u32);
 
-/// Collects dead letters; fails the first `fail_first` sends.
-#[derive(Clone, Default)]
+/// Collects dead letters; fails the first `fail_first` sends with `fail_kind`.
+#[derive(Clone)]
 struct Sink {
     letters: Arc<Mutex<Vec<Letter>>>,
     fail_first: Arc<AtomicU32>,
+    fail_kind: DeadLetterErrorKind,
+    /// When each send was made, and whether it failed.
+    sends: Arc<Mutex<Vec<(Instant, bool)>>>,
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Self::failing(DeadLetterErrorKind::Transient, 0)
+    }
 }
 
 impl Sink {
+    fn failing(kind: DeadLetterErrorKind, first: u32) -> Self {
+        Self {
+            letters: Arc::default(),
+            fail_first: Arc::new(AtomicU32::new(first)),
+            fail_kind: kind,
+            sends: Arc::default(),
+        }
+    }
     fn records(&self) -> Vec<SequenceNumber> {
         self.letters.lock().unwrap_or_else(PoisonError::into_inner).iter().flat_map(|(_, r, _)| r.clone()).collect()
+    }
+    /// The waits after each failed send, until the next send.
+    fn waits_after_failures(&self) -> Vec<Duration> {
+        let sends = self.sends.lock().unwrap_or_else(PoisonError::into_inner);
+        sends.windows(2).filter(|w| w[0].1).map(|w| w[1].0 - w[0].0).collect()
+    }
+    fn failures(&self) -> usize {
+        self.sends.lock().unwrap_or_else(PoisonError::into_inner).iter().filter(|(_, failed)| *failed).count()
     }
 }
 
 impl DeadLetterSink<SimRecord> for Sink {
     async fn send(&self, letter: &DeadLetter<'_, SimRecord>) -> Result<(), DeadLetterError> {
-        if self.fail_first.load(Ordering::SeqCst) > 0 {
+        let fail = self.fail_first.load(Ordering::SeqCst) > 0;
+        self.sends.lock().unwrap_or_else(PoisonError::into_inner).push((Instant::now(), fail));
+        if fail {
             self.fail_first.fetch_sub(1, Ordering::SeqCst);
-            return Err(DeadLetterError::new("queue unavailable"));
+            return Err(DeadLetterError::new(self.fail_kind, "queue unavailable"));
         }
         let seqs = letter.records.iter().map(|r| r.sequence_number().clone()).collect();
         self.letters.lock().unwrap_or_else(PoisonError::into_inner).push((
@@ -111,6 +140,18 @@ struct Run {
     sim: StreamSimulator,
     poison: SequenceNumber,
     status: WorkerStatus,
+    registry: prometheus::Registry,
+}
+
+impl Run {
+    /// The value of `kcl_dead_letter_failures_total{kind}`.
+    fn dead_letter_failures(&self, kind: DeadLetterErrorKind) -> u64 {
+        let families = self.registry.gather();
+        let family = families.iter().find(|f| f.name() == "kcl_dead_letter_failures_total");
+        let metrics = family.map(|f| f.get_metric()).unwrap_or_default();
+        let metric = metrics.iter().find(|m| m.get_label().iter().any(|l| l.value() == kind.as_str()));
+        metric.map_or(0, |m| m.get_counter().get_value() as u64)
+    }
 }
 
 /// One shard with 100 records, the 50th of them poison; runs a worker for `secs` simulated
@@ -132,13 +173,10 @@ async fn run(flaky: &Flaky, sink: Option<Sink>, tune: fn(ConfigBuilder) -> Confi
     .build()
     .unwrap_or_else(|e| panic!("{e}"));
     let f = flaky.clone();
-    let worker = Worker::with_metrics(
-        config,
-        sim.clone(),
-        MemoryLeaseStore::new(),
-        move |_: &ShardId| f.clone(),
-        Metrics::unregistered(),
-    );
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).unwrap_or_else(|e| panic!("{e}"));
+    let worker =
+        Worker::with_metrics(config, sim.clone(), MemoryLeaseStore::new(), move |_: &ShardId| f.clone(), metrics);
     let (handle, task) = match sink {
         Some(sink) => {
             let w = worker.with_dead_letter(sink);
@@ -150,7 +188,7 @@ async fn run(flaky: &Flaky, sink: Option<Sink>, tune: fn(ConfigBuilder) -> Confi
     let status = handle.status();
     handle.shutdown(Duration::from_secs(10)).await;
     task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
-    Run { sim, poison: poison.unwrap_or_else(|| panic!("no poison written")), status }
+    Run { sim, poison: poison.unwrap_or_else(|| panic!("no poison written")), status, registry }
 }
 
 fn all_but(run: &Run, except: &[SequenceNumber]) -> Vec<SequenceNumber> {
@@ -266,10 +304,46 @@ async fn stop_shard_keeps_retrying_instead_of_dead_lettering() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_sink_stops_the_shard_instead_of_skipping() {
     let flaky = Flaky::new(Mode::Fail);
-    let sink = Sink::default();
-    sink.fail_first.store(10, Ordering::SeqCst);
+    let sink = Sink::failing(DeadLetterErrorKind::Transient, 10);
     let run = run(&flaky, Some(sink.clone()), |b| b.max_retry_attempts(0).bisect_on_failure(true), 60).await;
     assert_eq!(sink.fail_first.load(Ordering::SeqCst), 0, "the sink was retried");
     assert_eq!(sink.records(), vec![run.poison.clone()], "and took the record in the end");
     assert_eq!(sorted_unique(flaky.processed()), all_but(&run, std::slice::from_ref(&run.poison)));
+    assert_eq!(run.dead_letter_failures(DeadLetterErrorKind::Transient), 10, "each failure counted by its kind");
+    // A passing fault is retried with the growing backoff, starting near its lower bound.
+    let waits = sink.waits_after_failures();
+    assert!(waits[0] < Duration::from_millis(500), "{waits:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_destination_holds_the_shard_at_the_longest_backoff_until_it_is_created() {
+    let flaky = Flaky::new(Mode::Fail);
+    let sink = Sink::failing(DeadLetterErrorKind::NotFound, 6);
+    let run = run(&flaky, Some(sink.clone()), |b| b.max_retry_attempts(0).bisect_on_failure(true), 60).await;
+    // Nobody will create the queue within milliseconds: every send after a failure waits the
+    // upper bound of `retry_backoff` (1 s here) instead of hammering it.
+    let waits = sink.waits_after_failures();
+    assert_eq!(waits.len(), 6, "{waits:?}");
+    assert!(waits.iter().all(|w| *w >= Duration::from_secs(1)), "{waits:?}");
+    assert_eq!(run.dead_letter_failures(DeadLetterErrorKind::NotFound), 6);
+    // Once the queue exists, the record goes there and the shard goes on.
+    assert_eq!(sink.records(), vec![run.poison.clone()]);
+    assert_eq!(sorted_unique(flaky.processed()), all_but(&run, std::slice::from_ref(&run.poison)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_the_destination_refuses_access_the_shard_waits_and_says_so() {
+    let flaky = Flaky::new(Mode::Fail);
+    let sink = Sink::failing(DeadLetterErrorKind::AccessDenied, u32::MAX);
+    let run = run(&flaky, Some(sink.clone()), |b| b.max_retry_attempts(0).bisect_on_failure(true), 40).await;
+    assert!(sink.records().is_empty());
+    let processed = sorted_unique(flaky.processed());
+    assert!(processed.iter().all(|s| *s < run.poison), "nothing after the held record was delivered");
+    assert_eq!(processed.len(), 49);
+    assert_eq!(run.status.records_skipped + run.status.records_dead_lettered, 0, "nothing given up");
+    let states: Vec<_> = run.status.shards.values().map(|s| s.state).collect();
+    assert_eq!(states, vec![ShardState::WaitingOnDeadLetter], "{:?}", run.status);
+    let failures = run.dead_letter_failures(DeadLetterErrorKind::AccessDenied);
+    assert_eq!(failures, sink.failures() as u64);
+    assert!(failures >= 20, "sent again about once a second: {failures}");
 }
