@@ -4,6 +4,9 @@
 //!
 //! The reader and the deliverer run concurrently inside the shard's task, joined by a channel
 //! of `prefetch_batches` batches: memory per shard is bounded and no extra task is spawned.
+//! How one batch is delivered under the failure policy is in [`delivery`].
+
+mod delivery;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,8 +17,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
-use crate::config::{Config, OnRetriesExhausted};
-use crate::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::config::Config;
+use crate::dead_letter::DeadLetterSink;
 use crate::lease::held::HeldLease;
 use crate::lease::{LeaseKey, LeaseStore, LeaseUpdate};
 use crate::metrics::Metrics;
@@ -54,14 +57,6 @@ pub(crate) enum ConsumerExit {
 enum Fetched<R> {
     Records(Vec<R>),
     End,
-}
-
-/// What became of one attempt at a part of a batch.
-enum Attempt {
-    /// Processed, dead-lettered or skipped: go on.
-    Done,
-    /// Failed; its records are back in the queue: back off first.
-    Retry,
 }
 
 /// Why the reader or a wait stopped early.
@@ -393,179 +388,6 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     return ConsumerExit::LeaseLost;
                 }
             }
-        }
-    }
-
-    /// Delivers one batch under the failure policy: retries with backoff, optional bisecting,
-    /// partial batch failures, a timeout per call, and, once retries are exhausted, the
-    /// dead-letter destination (or a stop of the shard). Returns the last record's number.
-    async fn deliver<P: RecordProcessor<S::Record>>(
-        &self,
-        held: &HeldLease,
-        processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
-        batch: Batch<S::Record>,
-    ) -> Result<SequenceNumber, Interrupted> {
-        let lag = batch.lag;
-        let Some(last_of_batch) = batch.last_sequence_number().cloned() else {
-            // Unreachable: the reader never sends empty batches.
-            return Err(Interrupted::LeaseLost);
-        };
-        // Pending parts of the batch, in order, with the attempts already spent on each.
-        let mut pending: std::collections::VecDeque<(Vec<S::Record>, u32)> = std::collections::VecDeque::new();
-        pending.push_back((batch.records, 0));
-        let mut backoff = self.backoff();
-        while let Some((records, attempts)) = pending.pop_front() {
-            let part = Batch { shard_id: held.shard_id.clone(), records, lag };
-            match self.attempt(held, processor, checkpointer, part, attempts, &mut pending).await? {
-                Attempt::Done => backoff = self.backoff(),
-                Attempt::Retry => {
-                    let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
-                    self.pause(held, d).await?;
-                }
-            }
-        }
-        Ok(last_of_batch)
-    }
-
-    /// One call of `process_records` on `part`; on failure, what is left of it goes back to
-    /// the front of `pending` (split in two when bisecting).
-    async fn attempt<P: RecordProcessor<S::Record>>(
-        &self,
-        held: &HeldLease,
-        processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
-        mut part: Batch<S::Record>,
-        attempts: u32,
-        pending: &mut std::collections::VecDeque<(Vec<S::Record>, u32)>,
-    ) -> Result<Attempt, Interrupted> {
-        self.wait_until_valid(held).await?;
-        let Some(last) = part.last_sequence_number().cloned() else { return Ok(Attempt::Done) };
-        checkpointer.delivered(last.clone());
-        let started = Instant::now();
-        let call = processor.process_records(&part, checkpointer);
-        let result = match self.config.processing_timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.metrics.processing_timeouts.inc();
-                    Err(crate::processor::ProcessorError::new(format!(
-                        "process_records did not return within {limit:?} and was cancelled"
-                    )))
-                }
-            },
-            None => call.await,
-        };
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
-        let error = match result {
-            Ok(()) => {
-                self.metrics.batches_ok.inc();
-                self.metrics.records_processed.inc_by(part.records.len() as u64);
-                self.status.processed(&held.shard_id, part.records.len() as u64, last, part.lag);
-                return Ok(Attempt::Done);
-            }
-            Err(e) => e,
-        };
-        self.metrics.batches.with_label_values(&["error"]).inc();
-        self.status.update(&held.shard_id, |s| s.state = ShardState::Retrying);
-        let attempts = attempts + 1;
-        if let Some(first_failed) = error.first_failed().cloned() {
-            // Partial batch failure: everything before `first_failed` is handled.
-            let done = part.records.iter().take_while(|r| *r.sequence_number() < first_failed).count();
-            if done > 0 {
-                let handled = part.records[done - 1].sequence_number().clone();
-                self.metrics.records_processed.inc_by(done as u64);
-                self.status.processed(&held.shard_id, done as u64, handled.clone(), part.lag);
-                self.checkpoint_or_stop(checkpointer, handled).await?;
-                part.records.drain(..done);
-                if part.records.is_empty() {
-                    return Ok(Attempt::Done);
-                }
-            }
-        }
-        let too_old = self.config.max_record_age.is_some_and(|max| {
-            let oldest = part.records.first().and_then(StreamRecord::approximate_creation_time);
-            oldest.is_some_and(|t| SystemTime::now().duration_since(t).unwrap_or(Duration::ZERO) > max)
-        });
-        let out_of_attempts = self.config.max_retry_attempts.is_some_and(|max| attempts > max);
-        let splittable = self.config.bisect_on_failure && part.records.len() > 1;
-        // Bisecting narrows a failure down to single records before giving up on any.
-        let exhausted = too_old || (out_of_attempts && !splittable);
-        let first = part.records.first().map(|r| r.sequence_number().clone());
-        tracing::warn!(
-            shard = %held.shard_id, error = %error, attempts, records = part.records.len(),
-            first = ?first, last = %last, exhausted, "process_records failed"
-        );
-        if exhausted && self.config.on_retries_exhausted == OnRetriesExhausted::DeadLetter {
-            self.give_up(held, checkpointer, &part, attempts, &error.to_string()).await?;
-            return Ok(Attempt::Done);
-        }
-        if splittable {
-            let second = part.records.split_off(part.records.len() / 2);
-            pending.push_front((second, attempts));
-        }
-        pending.push_front((part.records, attempts));
-        Ok(Attempt::Retry)
-    }
-
-    /// Retries are exhausted: dead-letter the records (retrying the sink until it takes them),
-    /// or, with no destination, skip them loudly. Then checkpoint past them.
-    async fn give_up(
-        &self,
-        held: &HeldLease,
-        checkpointer: &LeaseCheckpointer<L>,
-        part: &Batch<S::Record>,
-        attempts: u32,
-        error: &str,
-    ) -> Result<(), Interrupted> {
-        let (Some(first), Some(last)) = (part.records.first(), part.records.last()) else { return Ok(()) };
-        let (first, last) = (first.sequence_number().clone(), last.sequence_number().clone());
-        let count = part.records.len() as u64;
-        match &self.dead_letter {
-            Some(sink) => {
-                let letter = DeadLetter { shard_id: &held.shard_id, records: &part.records, attempts, error };
-                let mut backoff = self.backoff();
-                while let Err(e) = sink.send(&letter).await {
-                    let kind = e.kind();
-                    self.metrics.dead_letter_failures.with_label_values(&[kind.as_str()]).inc();
-                    self.status.update(&held.shard_id, |s| s.state = ShardState::WaitingOnDeadLetter);
-                    // A destination that is missing or refuses access will not heal by itself:
-                    // wait the longest backoff between sends, until someone fixes it.
-                    let d = match kind.is_retryable() {
-                        true => backoff.next().unwrap_or(self.config.max_retry_backoff),
-                        false => self.config.max_retry_backoff,
-                    };
-                    tracing::error!(shard = %held.shard_id, %first, %last, error = %e, kind = kind.as_str(),
-                        retry_in = ?d, "cannot send failed records to the dead-letter destination; the shard waits");
-                    self.pause(held, d).await?;
-                }
-                self.metrics.dead_lettered.inc_by(count);
-                self.status.given_up(count, true);
-                tracing::warn!(shard = %held.shard_id, %first, %last, count, "records sent to the dead-letter destination");
-            }
-            None => {
-                self.metrics.skipped.inc_by(count);
-                self.status.given_up(count, false);
-                tracing::error!(shard = %held.shard_id, %first, %last, count, attempts, error,
-                    "retries exhausted and no dead-letter destination is configured: records skipped");
-            }
-        }
-        self.status.update(&held.shard_id, |s| s.state = ShardState::Processing);
-        self.checkpoint_or_stop(checkpointer, last).await
-    }
-
-    async fn checkpoint_or_stop(
-        &self,
-        checkpointer: &LeaseCheckpointer<L>,
-        at: SequenceNumber,
-    ) -> Result<(), Interrupted> {
-        match checkpointer.write(Checkpoint::At(at)).await {
-            Err(CheckpointError::LeaseLost { .. }) => Err(Interrupted::LeaseLost),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed; the next one will cover these records");
-                Ok(())
-            }
-            Ok(()) => Ok(()),
         }
     }
 
