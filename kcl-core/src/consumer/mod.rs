@@ -219,7 +219,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     self.metrics.read_errors.with_label_values(&[e.kind().as_str()]).inc();
                     match e.kind() {
                         SourceErrorKind::TrimmedData => {
-                            self.trimmed(shard, position);
+                            self.trimmed(shard, position, &e);
                             *position = StartPosition::TrimHorizon;
                             continue;
                         }
@@ -238,12 +238,13 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
     }
 
-    fn trimmed(&self, shard: &ShardId, position: &StartPosition) {
+    fn trimmed(&self, shard: &ShardId, position: &StartPosition, error: &crate::source::SourceError) {
         self.metrics.trimmed_data.inc();
         self.status.trimmed(shard);
         tracing::warn!(
             shard = %shard,
             from = ?position,
+            %error,
             "records after this position are older than the stream's retention and are gone; resuming at the oldest retained record"
         );
     }
@@ -315,7 +316,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                                 tracing::debug!(shard = %held.shard_id, "iterator expired; getting a new one after the last record read");
                             }
                             SourceErrorKind::TrimmedData => {
-                                self.trimmed(&held.shard_id, &position);
+                                self.trimmed(&held.shard_id, &position, &e);
                                 position = StartPosition::TrimHorizon;
                             }
                             _ => {
