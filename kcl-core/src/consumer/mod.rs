@@ -258,7 +258,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         in_flight: &std::sync::atomic::AtomicUsize,
     ) {
         let result: Result<(), Interrupted> = async {
-            let Some(mut iterator) = self.iterator_at(held, &mut position).await? else {
+            let Some(mut iterator) = Box::pin(self.iterator_at(held, &mut position)).await? else {
                 let _ = tx.send(Fetched::End).await;
                 return Ok(());
             };
@@ -268,7 +268,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     return Ok(());
                 }
                 let started = Instant::now();
-                let read = self.source.read(&iterator, self.config.max_records_per_read).await;
+                // Boxed, here and below: the task of an idle shard then holds only the small state it
+                // waits in, not room for the largest call (10,000 idle shards, 10,000 tasks).
+                let read = Box::pin(self.source.read(&iterator, self.config.max_records_per_read)).await;
                 let elapsed = started.elapsed().as_secs_f64();
                 match read {
                     Ok(batch) => {
@@ -331,7 +333,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                                 }
                             }
                         }
-                        match self.iterator_at(held, &mut position).await? {
+                        match Box::pin(self.iterator_at(held, &mut position)).await? {
                             Some(it) => iterator = it,
                             None => {
                                 let _ = tx.send(Fetched::End).await;
@@ -362,29 +364,29 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 biased;
                 _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
                 _ = self.shutdown.cancelled() => {
-                    return self.shutdown(held, processor, checkpointer, last_processed).await;
+                    return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                 }
                 next = rx.recv() => next,
             };
             match next {
                 Some(Fetched::Records(records)) => {
                     let batch = Batch { shard_id: shard.clone(), lag: lag_of(&records), records };
-                    match self.deliver(held, processor, checkpointer, batch).await {
+                    match Box::pin(self.deliver(held, processor, checkpointer, batch)).await {
                         Ok(last) => {
                             in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                             last_processed = Some(last);
                         }
                         Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
                         Err(Interrupted::Shutdown) => {
-                            return self.shutdown(held, processor, checkpointer, last_processed).await;
+                            return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                         }
                     }
                 }
-                Some(Fetched::End) => return self.end_shard(held, processor, checkpointer).await,
+                Some(Fetched::End) => return Box::pin(self.end_shard(held, processor, checkpointer)).await,
                 // The reader stopped without an end: only when interrupted.
                 None => {
                     if self.shutdown.is_cancelled() {
-                        return self.shutdown(held, processor, checkpointer, last_processed).await;
+                        return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                     }
                     return ConsumerExit::LeaseLost;
                 }
