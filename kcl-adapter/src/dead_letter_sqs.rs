@@ -122,8 +122,8 @@ impl SqsDeadLetterSink {
                 DeadLetterErrorKind::Rejected,
                 format!(
                     "queue {} accepts messages up to {accepted} bytes, but this sink writes up to {} \
-                 bytes: set the queue's MaximumMessageSize to at least {}, or lower the sink's limit with \
-                 with_max_message_bytes({accepted})",
+                     bytes: set the queue's MaximumMessageSize to at least {}, or lower the sink's limit with \
+                     with_max_message_bytes({accepted})",
                     self.queue_url, self.max_message_bytes, self.max_message_bytes
                 ),
             ));
