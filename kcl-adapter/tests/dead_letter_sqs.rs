@@ -83,7 +83,7 @@ async fn a_letter_lands_in_the_queue_with_every_field() {
     sink.verify().await.unwrap_or_else(|e| panic!("{e}"));
     let records = [record(1, 3), record(2, 3)];
     let shard = shard();
-    let letter = DeadLetter { shard_id: &shard, records: &records, attempts: 4, error: "cannot decode `total`" };
+    let letter = DeadLetter::new(&shard, &records, 4, "cannot decode `total`");
     sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
 
     let messages = drain(sink.queue_url()).await;
@@ -122,7 +122,7 @@ async fn a_big_letter_is_sent_as_keys_and_sequence_numbers() {
     // 40 records with 10 KB images each: 400 KB, over the 256 KiB message limit.
     let records: Vec<ChangeRecord> = (0..40).map(|i| record(i, 10_000)).collect();
     let shard = shard();
-    let letter = DeadLetter { shard_id: &shard, records: &records, attempts: 2, error: "boom" };
+    let letter = DeadLetter::new(&shard, &records, 2, "boom");
     sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
 
     let messages = drain(sink.queue_url()).await;
@@ -145,7 +145,7 @@ async fn a_letter_whose_keys_do_not_fit_is_split_and_none_is_lost() {
     sink.verify().await.unwrap_or_else(|e| panic!("{e}"));
     let records: Vec<ChangeRecord> = (0..1000).map(|i| record(i, 50)).collect();
     let shard = shard();
-    let letter = DeadLetter { shard_id: &shard, records: &records, attempts: 1, error: "boom" };
+    let letter = DeadLetter::new(&shard, &records, 1, "boom");
     sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
 
     let mut messages = drain(sink.queue_url()).await;
@@ -172,7 +172,7 @@ async fn a_fifo_queue_drops_a_letter_sent_again() {
     sink.verify().await.unwrap_or_else(|e| panic!("{e}"));
     let records = [record(7, 3)];
     let shard = shard();
-    let letter = DeadLetter { shard_id: &shard, records: &records, attempts: 1, error: "e" };
+    let letter = DeadLetter::new(&shard, &records, 1, "e");
     // A crash after sending and before checkpointing sends the same letter again.
     sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
     sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
@@ -190,7 +190,7 @@ async fn a_dead_letter_queue_that_does_not_exist_is_a_clear_error() {
     let verify = sink.verify().await.err().unwrap_or_else(|| panic!("verified a missing queue"));
     let records = [record(1, 1)];
     let shard = shard();
-    let letter = DeadLetter { shard_id: &shard, records: &records, attempts: 1, error: "e" };
+    let letter = DeadLetter::new(&shard, &records, 1, "e");
     let send = sink.send(&letter).await.err().unwrap_or_else(|| panic!("sent to a missing queue"));
     for (call, err) in [("verify", verify.to_string()), ("send", send.to_string())] {
         assert!(err.contains(&url), "{call}: {err}");

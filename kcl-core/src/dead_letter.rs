@@ -8,29 +8,52 @@ use std::future::Future;
 
 use crate::checkpoint::SequenceNumber;
 use crate::shard::ShardId;
-use crate::source::StreamRecord;
+use crate::source::{StreamRecord, UndecodableRecord};
 
 /// Records that could not be processed, with why.
+///
+/// Either `records` holds the records that failed, or (`records` empty) `undecodable` names a
+/// record the source could not decode, which never reached the processor.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct DeadLetter<'a, R> {
     /// The shard they come from.
     pub shard_id: &'a ShardId,
-    /// The records, in order; never empty.
+    /// The records, in order; empty only for an undecodable record.
     pub records: &'a [R],
+    /// A record the source could not decode (see
+    /// [`SourceErrorKind::Undecodable`](crate::SourceErrorKind::Undecodable)).
+    pub undecodable: Option<&'a UndecodableRecord>,
     /// `process_records` calls made for them.
     pub attempts: u32,
     /// The last error.
     pub error: &'a str,
 }
 
-impl<R: StreamRecord> DeadLetter<'_, R> {
+impl<'a, R: StreamRecord> DeadLetter<'a, R> {
+    /// A letter for records that failed in `process_records`.
+    pub fn new(shard_id: &'a ShardId, records: &'a [R], attempts: u32, error: &'a str) -> Self {
+        Self { shard_id, records, undecodable: None, attempts, error }
+    }
+
+    /// A letter for a record the source could not decode.
+    pub fn for_undecodable(shard_id: &'a ShardId, record: &'a UndecodableRecord, error: &'a str) -> Self {
+        Self { shard_id, records: &[], undecodable: Some(record), attempts: 0, error }
+    }
+
     /// The first record's sequence number.
     pub fn first_sequence_number(&self) -> Option<&SequenceNumber> {
-        self.records.first().map(StreamRecord::sequence_number)
+        match self.records.first() {
+            Some(r) => Some(r.sequence_number()),
+            None => self.undecodable.map(|u| &u.sequence_number),
+        }
     }
     /// The last record's sequence number.
     pub fn last_sequence_number(&self) -> Option<&SequenceNumber> {
-        self.records.last().map(StreamRecord::sequence_number)
+        match self.records.last() {
+            Some(r) => Some(r.sequence_number()),
+            None => self.undecodable.map(|u| &u.sequence_number),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, Rec
 pub use shard::ShardId;
 pub use source::{
     RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamRecord,
-    StreamSource,
+    StreamSource, UndecodableRecord,
 };
 pub use status::{ShardState, ShardStatus, WorkerStatus};
 pub use worker::{ShutdownOutcome, Worker, WorkerHandle};

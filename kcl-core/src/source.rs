@@ -92,6 +92,11 @@ pub enum SourceErrorKind {
     Transient,
     /// The request was invalid or not permitted; retrying will not help.
     Fatal,
+    /// The answer (or a record in it) could not be decoded: an attribute type the client does
+    /// not know, a body mangled on the way. Reading the same position again fails the same
+    /// way. The consumer isolates the record by reading again with smaller limits, down to one
+    /// record, and hands that record to the failure policy (see [`UndecodableRecord`]).
+    Undecodable,
 }
 
 impl SourceErrorKind {
@@ -104,7 +109,29 @@ impl SourceErrorKind {
             SourceErrorKind::NotFound => "not_found",
             SourceErrorKind::Transient => "transient",
             SourceErrorKind::Fatal => "fatal",
+            SourceErrorKind::Undecodable => "undecodable",
         }
+    }
+}
+
+/// What a source could tell of a record it could not decode (with
+/// [`SourceErrorKind::Undecodable`]): at least its sequence number, so that the consumer can
+/// hand it to the failure policy (dead-letter what is kept of it, or stop the shard) and read
+/// on after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UndecodableRecord {
+    /// The record's position in its shard.
+    pub sequence_number: SequenceNumber,
+    /// What could be kept of the record as the source received it (for example its JSON),
+    /// possibly cut short; empty when nothing could be kept.
+    pub raw: String,
+}
+
+impl UndecodableRecord {
+    /// The record at `sequence_number`, with what could be kept of it.
+    pub fn new(sequence_number: SequenceNumber, raw: impl Into<String>) -> Self {
+        Self { sequence_number, raw: raw.into() }
     }
 }
 
@@ -114,6 +141,7 @@ impl SourceErrorKind {
 pub struct SourceError {
     kind: SourceErrorKind,
     message: String,
+    undecodable: Option<Box<UndecodableRecord>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -121,7 +149,23 @@ pub struct SourceError {
 impl SourceError {
     /// A new error of this kind.
     pub fn new(kind: SourceErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
+        Self { kind, message: message.into(), undecodable: None, source: None }
+    }
+
+    /// An [`Undecodable`](SourceErrorKind::Undecodable) error naming the first record that
+    /// could not be decoded.
+    pub fn undecodable(message: impl Into<String>, record: UndecodableRecord) -> Self {
+        Self {
+            kind: SourceErrorKind::Undecodable,
+            message: message.into(),
+            undecodable: Some(Box::new(record)),
+            source: None,
+        }
+    }
+
+    /// The first record that could not be decoded, when the source could tell which.
+    pub fn undecodable_record(&self) -> Option<&UndecodableRecord> {
+        self.undecodable.as_deref()
     }
 
     /// Attaches the underlying cause.

@@ -328,7 +328,7 @@ mod tests {
 
     fn encode_records(records: &[ChangeRecord], error: &str, limit: usize) -> Result<Vec<Body>, String> {
         let shard = ShardId::new("shardId-00000001700000000000-abcdef01");
-        let letter = DeadLetter { shard_id: &shard, records, attempts: 3, error };
+        let letter = DeadLetter::new(&shard, records, 3, error);
         encode("arn:aws:dynamodb:us-east-1:1:table/t/stream/x", &letter, limit)
     }
 

@@ -153,7 +153,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let count = part.records.len() as u64;
         match &self.dead_letter {
             Some(sink) => {
-                let letter = DeadLetter { shard_id: &held.shard_id, records: &part.records, attempts, error };
+                let letter = DeadLetter::new(&held.shard_id, &part.records, attempts, error);
                 let mut backoff = self.backoff();
                 while let Err(e) = sink.send(&letter).await {
                     let kind = e.kind();
