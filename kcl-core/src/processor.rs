@@ -7,6 +7,27 @@
 //! (another worker owns the shard now; checkpointing is impossible) or
 //! [`shutdown_requested`](RecordProcessor::shutdown_requested) (graceful stop: last chance to
 //! checkpoint). Each instance is driven by one task and gets `&mut self`: no locks needed.
+//!
+//! # What the worker does around the calls
+//!
+//! - **Cancellation**: a `process_records` call that runs longer than the processing timeout
+//!   ([`ConfigBuilder::processing_timeout`](crate::ConfigBuilder::processing_timeout), 5 min by
+//!   default) is cancelled (its future dropped at an `.await`) and counts as a failed batch. Code
+//!   that must not stop half-way should be idempotent, since the batch is delivered again.
+//! - **Panics**: a panic in any callback is caught and handled as a failure of that call: counted
+//!   in `kcl_processor_panics_total{callback}`, logged at error with the shard, and then treated
+//!   like an `Err` (`process_records`: retried, bisected, dead-lettered or the shard stopped, by
+//!   the failure policy; `initialize`: retried; `shard_ended`: retried, and given up after the
+//!   policy's attempts with `OnRetriesExhausted::DeadLetter`; `shutdown_requested`: the worker
+//!   then does not checkpoint past the processor's own checkpoints). The same instance is called
+//!   again afterwards, with whatever state the panic left.
+//! - **Checkpoints the worker writes itself**: after `shard_ended` returns (`SHARD_END`); on a
+//!   graceful stop, right after `shutdown_requested` returns, at the last record of the last
+//!   batch that returned `Ok`; and after records were dead-lettered or skipped, past them (which
+//!   covers the `Ok` batches before them too). So a processor that buffers records across
+//!   batches and makes them durable later must make its buffer durable in
+//!   `shutdown_requested`, and should not return `Ok` for records it could not keep if a dead
+//!   letter follows: everything before a checkpoint the worker writes counts as handled.
 
 use std::future::Future;
 use std::time::Duration;
@@ -107,8 +128,9 @@ pub trait RecordProcessor<R: StreamRecord>: Send + 'static {
         async {}
     }
 
-    /// The worker is shutting down gracefully: checkpoint what was handled. After this the
-    /// worker checkpoints the last delivered record if the processor did not checkpoint it.
+    /// The worker is shutting down gracefully: make durable what is buffered and checkpoint
+    /// it. After this returns the worker checkpoints the last record of the last batch that
+    /// returned `Ok`, buffered or not (see the module docs), and releases the lease.
     fn shutdown_requested(&mut self, checkpointer: &impl Checkpointer) -> impl Future<Output = ()> + Send {
         let _ = checkpointer;
         async {}

@@ -79,6 +79,8 @@ struct State {
     history_mode: HistoryMode,
     stats: MemoryStoreStats,
     faults: Faults,
+    /// Renewals of these keys that never answer, by key: how many are left.
+    hanging_renewals: BTreeMap<LeaseKey, u32>,
 }
 
 impl fmt::Debug for MemoryLeaseStore {
@@ -187,6 +189,12 @@ impl MemoryLeaseStore {
     /// Makes each call sleep for `latency` ([`tokio::time::sleep`]) before it acts.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().faults.latency = latency;
+    }
+
+    /// Makes the next `count` renewals of `key` never answer: the call waits forever, as on a
+    /// connection that went silent (the worker's call timeout cuts it off).
+    pub fn hang_next_renewals(&self, key: &LeaseKey, count: u32) {
+        self.lock().hanging_renewals.insert(key.clone(), count);
     }
 
     /// Removes every fault (rules, outage, rates); the latency stays.
@@ -312,6 +320,14 @@ impl LeaseStore for MemoryLeaseStore {
     }
 
     async fn renew(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+        let hang = {
+            let mut state = self.lock();
+            let left = state.hanging_renewals.get_mut(&expected.key).filter(|n| **n > 0);
+            left.map(|n| *n -= 1).is_some()
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         self.delay().await;
         self.update(LeaseOp::Renew, expected, |_| {})
     }
