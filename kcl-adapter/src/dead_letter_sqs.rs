@@ -216,7 +216,9 @@ const TRANSIENT_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceU
 
 /// How an SQS failure is reported: a queue that does not exist, or credentials, permissions
 /// and KMS keys that refuse access, wait for someone to fix them; throttling, service faults,
-/// timeouts and broken connections pass; anything else is a request the queue refuses.
+/// timeouts, broken connections and success answers that could not be decoded (the message
+/// was most likely taken; sending it again at worst duplicates it) pass; anything else is a
+/// request the queue refuses.
 fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
     use DeadLetterErrorKind as K;
     match failure {
@@ -232,7 +234,7 @@ fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
                 _ => K::Rejected,
             },
         },
-        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } => K::Transient,
+        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } | Failure::Undecodable { .. } => K::Transient,
         Failure::Construction => K::Rejected,
     }
 }
@@ -284,7 +286,8 @@ mod tests {
             (Failure::Service { code: None, status: None }, K::Rejected),
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
-            (Failure::Response { status: Some(200) }, K::Transient),
+            (Failure::Response { status: Some(502) }, K::Transient),
+            (Failure::Undecodable { status: 200 }, K::Transient),
             (Failure::Construction, K::Rejected),
         ];
         for (failure, want) in cases {

@@ -23,10 +23,18 @@ pub(crate) enum Failure<'a> {
     Timeout,
     /// The request could not be sent or the connection broke.
     Dispatch,
-    /// An answer came but could not be understood (truncated body, proxy page).
+    /// An error answer came but could not be understood (a proxy page, a truncated body).
     Response {
         /// The HTTP status of the answer.
         status: Option<u16>,
+    },
+    /// A success answer (2xx) came but could not be decoded: a value this SDK cannot parse, a
+    /// body cut short or mangled on the way. The SDK reports a body it cannot parse as an
+    /// unhandled *service* error with the success status (no error code), and a body it could
+    /// not read to its end as a response error; both land here.
+    Undecodable {
+        /// The HTTP status of the answer.
+        status: u16,
     },
     /// The request could not be built (a bug or a bad argument on our side).
     Construction,
@@ -36,6 +44,11 @@ impl<'a> Failure<'a> {
     /// Reduces an SDK error.
     pub(crate) fn of<E: ProvideErrorMetadata>(err: &'a SdkError<E, HttpResponse>) -> Self {
         let status = err.raw_response().map(|r| r.status().as_u16());
+        // Only service and response errors carry a response, so a success status means the
+        // answer arrived and was not understood.
+        if let Some(status) = status.filter(|s| (200..300).contains(s)) {
+            return Failure::Undecodable { status };
+        }
         match err {
             SdkError::ServiceError(service) => Failure::Service { code: service.err().code(), status },
             SdkError::TimeoutError(_) => Failure::Timeout,
@@ -84,6 +97,7 @@ enum Class {
     NotFound,
     AccessDenied,
     Transient,
+    Undecodable,
     Fatal,
 }
 
@@ -110,6 +124,7 @@ fn class_of(failure: Failure<'_>) -> Class {
         Failure::Timeout | Failure::Dispatch => Class::Transient,
         Failure::Response { status: Some(429) } => Class::Throttled,
         Failure::Response { .. } => Class::Transient,
+        Failure::Undecodable { .. } => Class::Undecodable,
         Failure::Construction => Class::Fatal,
     }
 }
@@ -122,6 +137,7 @@ pub(crate) fn source_kind(failure: Failure<'_>) -> SourceErrorKind {
         Class::Throttled => SourceErrorKind::Throttled,
         Class::NotFound => SourceErrorKind::NotFound,
         Class::Transient => SourceErrorKind::Transient,
+        Class::Undecodable => SourceErrorKind::Undecodable,
         Class::AccessDenied | Class::Fatal => SourceErrorKind::Fatal,
     }
 }
@@ -133,8 +149,9 @@ pub(crate) fn lease_kind(failure: Failure<'_>) -> LeaseStoreErrorKind {
         Class::Transient => LeaseStoreErrorKind::Transient,
         Class::NotFound => LeaseStoreErrorKind::TableNotFound,
         Class::AccessDenied => LeaseStoreErrorKind::AccessDenied,
-        // Stream-only codes cannot come from DynamoDB proper; treat them as unexpected.
-        Class::ExpiredIterator | Class::TrimmedData | Class::Fatal => LeaseStoreErrorKind::Fatal,
+        // Stream-only codes cannot come from DynamoDB proper; treat them as unexpected. A lease
+        // answer that cannot be decoded leaves the write's outcome unknown: also unexpected.
+        Class::ExpiredIterator | Class::TrimmedData | Class::Undecodable | Class::Fatal => LeaseStoreErrorKind::Fatal,
     }
 }
 
@@ -219,8 +236,9 @@ mod tests {
             (Failure::Service { code: None, status: None }, K::Fatal),
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
-            (Failure::Response { status: Some(200) }, K::Transient),
+            (Failure::Response { status: Some(502) }, K::Transient),
             (Failure::Response { status: Some(429) }, K::Throttled),
+            (Failure::Undecodable { status: 200 }, K::Undecodable),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -245,6 +263,7 @@ mod tests {
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
             (Failure::Response { status: None }, K::Transient),
+            (Failure::Undecodable { status: 200 }, K::Fatal),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -287,5 +306,34 @@ mod tests {
         // The empty message DynamoDB Local sends is left out rather than shown as ": ".
         assert_eq!(mapped.to_string(), "stream source: GetRecords on shard s: ExpiredIteratorException (HTTP 400)");
         assert!(std::error::Error::source(&mapped).is_some(), "the SDK error is kept as the source");
+    }
+
+    #[test]
+    fn success_answers_that_cannot_be_decoded_are_undecodable() {
+        use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
+        use aws_smithy_types::body::SdkBody;
+
+        let response = |status: u16, body: SdkBody| {
+            HttpResponse::new(status.try_into().unwrap_or_else(|e| panic!("{status} is a valid status: {e}")), body)
+        };
+        // What the SDK makes of a 200 body it cannot parse: an unhandled service error.
+        let unparsed: SdkError<GetRecordsError, HttpResponse> = SdkError::service_error(
+            GetRecordsError::unhandled("Union did not contain a valid variant."),
+            response(200, SdkBody::from("{}")),
+        );
+        // A 200 body that could not be read to its end; a 502 proxy page.
+        let cut: SdkError<GetRecordsError, HttpResponse> =
+            SdkError::response_error("connection closed before message completed", response(200, SdkBody::taken()));
+        let proxy: SdkError<GetRecordsError, HttpResponse> =
+            SdkError::response_error("expected start object", response(502, SdkBody::from("<html>")));
+        let cases = [
+            (&unparsed, Failure::Undecodable { status: 200 }, SourceErrorKind::Undecodable),
+            (&cut, Failure::Undecodable { status: 200 }, SourceErrorKind::Undecodable),
+            (&proxy, Failure::Response { status: Some(502) }, SourceErrorKind::Transient),
+        ];
+        for (err, failure, kind) in cases {
+            assert_eq!(Failure::of(err), failure, "{err:?}");
+            assert_eq!(source_kind(failure), kind);
+        }
     }
 }

@@ -46,6 +46,7 @@ pub mod local;
 pub mod local_sqs;
 pub mod record;
 pub mod streams;
+mod text;
 
 pub use dead_letter_sqs::SqsDeadLetterSink;
 pub use lease_table::{BillingMode, DynamoLeaseStore, TableOptions};
