@@ -4,7 +4,9 @@
 //! described on [`SqsDeadLetterSink`]. Messages stay within the SQS size limit
 //! ([`DEFAULT_MAX_MESSAGE_BYTES`]): when the records with their images do not fit, only their
 //! keys and sequence numbers are sent, and the message says so; when even those do not fit,
-//! they are spread over several messages, each describing itself. No record is left out.
+//! they are spread over several messages, each describing itself. No record is left out. A
+//! record the stream source could not decode is one message holding its raw JSON text, cut
+//! to fit when needed.
 
 mod message;
 
@@ -35,19 +37,25 @@ pub const MIN_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// | `version` | [`MESSAGE_VERSION`] |
 /// | `streamArn`, `shardId` | where the records come from |
 /// | `firstSequenceNumber`, `lastSequenceNumber` | the range of the whole dead letter |
-/// | `attempts` | `process_records` calls made for the records |
+/// | `attempts` | `process_records` calls made for the records (`0` for an undecodable record, which never reached the processor) |
 /// | `error` | the last error (at most 8 KiB of it) |
-/// | `recordCount` | records in the whole dead letter |
-/// | `truncated` | `true` when the records carry only their keys and sequence numbers |
+/// | `recordCount` | records in the whole dead letter (`1` for an undecodable record) |
+/// | `truncated` | `true` when the records carry only their keys and sequence numbers, or when `undecodableRecord.raw` is cut |
 /// | `truncatedReason` | why (present only when truncated) |
 /// | `part`, `parts` | this message's place when the letter is split (`1` of `1` otherwise) |
-/// | `records` | the records of this message, in order |
+/// | `records` | the records of this message, in order (`[]` for an undecodable record) |
+/// | `undecodableRecord` | present only for a record the stream source could not decode: `sequenceNumber`, and `raw`, the record's JSON text as received, as a string (cut, ending in `… [N more bytes cut]`, when `truncated`) |
 ///
 /// Records have the shape of a DynamoDB Streams record (as in a Lambda event): `eventID`,
 /// `eventName` and `dynamodb` with `Keys`, `NewImage`, `OldImage` (DynamoDB JSON such as
 /// `{"pk": {"S": "a"}}`), `SequenceNumber`, `ApproximateCreationDateTime` (epoch seconds),
 /// `SizeBytes`, `StreamViewType`. A truncated record has only `dynamodb.Keys` and
 /// `dynamodb.SequenceNumber`: read the item from the table by its key.
+///
+/// A record the source could not decode (a `GetRecords` answer the SDK could not parse; see
+/// [`DynamoStreamsSource`](crate::DynamoStreamsSource)) is one message with no `records` and
+/// an `undecodableRecord` instead: the record's JSON text as the stream sent it (it parses as
+/// JSON unless it was cut), holding what the SDK could not read. Handle both shapes.
 ///
 /// A FIFO queue (URL ending in `.fifo`) gets the shard id as message group, so a shard's dead
 /// letters stay in order, and a deduplication id derived from the records, so a letter sent

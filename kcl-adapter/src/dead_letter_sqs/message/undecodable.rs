@@ -23,8 +23,8 @@ pub(super) struct RecordJson<'a> {
 pub(super) fn encode(envelope: Envelope<'_>, record: &UndecodableRecord, limit: usize) -> Result<String, String> {
     let seq = record.sequence_number.as_str();
     let source_cut = is_clipped(&record.raw);
-    let mut budget = record.raw.len();
-    loop {
+    // The body with at most `budget` bytes of the raw text.
+    let render = |budget: usize| {
         let raw = clip(&record.raw, budget);
         let cut_here = budget < record.raw.len();
         let reason = match (source_cut, cut_here) {
@@ -41,20 +41,34 @@ pub(super) fn encode(envelope: Envelope<'_>, record: &UndecodableRecord, limit: 
         message.truncated = reason.is_some();
         message.truncated_reason = reason.as_deref();
         message.undecodable_record = Some(RecordJson { sequence_number: seq, raw: &raw });
-        let json = to_json(&message)?;
-        if json.len() <= limit {
-            return Ok(json);
-        }
-        if budget == 0 {
-            return Err(format!(
-                "the message for undecodable record {seq} takes {} bytes even without the record's JSON, more than \
-                 the {limit}-byte limit",
-                json.len()
-            ));
-        }
-        // Escaping makes the text longer than its bytes: cut by what is over, and try again.
-        budget = budget.saturating_sub(json.len() - limit);
+        to_json(&message)
+    };
+    let whole = render(record.raw.len())?;
+    if whole.len() <= limit {
+        return Ok(whole);
     }
+    let mut best = render(0)?;
+    if best.len() > limit {
+        return Err(format!(
+            "the message for undecodable record {seq} takes {} bytes even without the record's JSON, more than the \
+             {limit}-byte limit",
+            best.len()
+        ));
+    }
+    // Escaping makes the body longer than the text by an amount that depends on the text: find
+    // the longest start that fits by bisection (`fits` holds for `kept`, not for `over`).
+    let (mut kept, mut over) = (0, record.raw.len());
+    while kept + 1 < over {
+        let mid = kept + (over - kept) / 2;
+        let body = render(mid)?;
+        if body.len() <= limit {
+            kept = mid;
+            best = body;
+        } else {
+            over = mid;
+        }
+    }
+    Ok(best)
 }
 
 #[cfg(test)]
@@ -121,6 +135,10 @@ mod tests {
                 let cut_at = kept.rfind('…').unwrap_or(kept.len());
                 assert!(raw.starts_with(&kept[..cut_at]), "what is kept is the start of the record");
                 assert!(crate::text::is_clipped(kept));
+                if limit < 262_144 {
+                    let size = serde_json::to_string(m).map(|j| j.len()).unwrap_or_default();
+                    assert!(size + 64 > limit, "{size} bytes: the cut keeps as much as fits under {limit}");
+                }
             } else {
                 assert_eq!(kept, raw);
                 assert!(m.get("truncatedReason").is_none());
