@@ -11,11 +11,11 @@
 mod message;
 
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use kcl_core::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink};
 
-use crate::error::Failure;
+use crate::error::{Failure, describe};
 use crate::record::ChangeRecord;
 
 pub use message::MESSAGE_VERSION;
@@ -244,25 +244,6 @@ fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
         },
         Failure::Timeout | Failure::Dispatch | Failure::Response { .. } | Failure::Undecodable { .. } => K::Transient,
         Failure::Construction => K::Rejected,
-    }
-}
-
-/// `Code: message (HTTP status)` for service errors, the cause chain otherwise.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let status = service.raw().status().as_u16();
-            match (e.code(), e.message().filter(|m| !m.is_empty())) {
-                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
-                (Some(code), None) => format!("{code} (HTTP {status})"),
-                (None, _) => format!("{} (HTTP {status})", DisplayErrorContext(err)),
-            }
-        }
-        other => DisplayErrorContext(other).to_string(),
     }
 }
 

@@ -163,8 +163,9 @@ pub(crate) fn code_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) 
     }
 }
 
-/// A one-line description: `Code: message` for service errors, the cause chain otherwise.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+/// A one-line description: `Code: message (HTTP status)` for service errors, the cause chain
+/// otherwise (also used by the SQS sink).
+pub(crate) fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -175,11 +176,24 @@ where
             match (e.code(), e.message().filter(|m| !m.is_empty())) {
                 (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
                 (Some(code), None) => format!("{code} (HTTP {status})"),
-                (None, _) => format!("{} (HTTP {status})", DisplayErrorContext(err)),
+                (None, _) => format!("{} (HTTP {status})", causes(err)),
             }
         }
         other => DisplayErrorContext(other).to_string(),
     }
+}
+
+/// The error and its causes, joined by `: ` (what `DisplayErrorContext` shows, without its
+/// debug dump of the error, which holds the whole response body).
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// Wraps an SDK error from the streams API, with `context` naming the call and its target.

@@ -13,6 +13,8 @@
 use aws_sdk_dynamodbstreams::config::http::HttpResponse;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use kcl_core::{SequenceNumber, SourceError, SourceErrorKind, UndecodableRecord};
+
+use crate::error::causes;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -36,19 +38,6 @@ where
         None => SourceError::new(SourceErrorKind::Undecodable, message),
     };
     error.with_source(err)
-}
-
-/// The error and its causes, joined by `: ` (as `DisplayErrorContext` shows them, without
-/// its debug dump, which holds the whole body).
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
 }
 
 /// `n record` or `n records`.
