@@ -276,7 +276,8 @@ mod tests {
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
             (Failure::Response { status: Some(502) }, K::Transient),
-            (Failure::Undecodable { status: 200 }, K::Transient),
+            (Failure::Undecodable { status: 200, complete: true }, K::Transient),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Rejected),
         ];
         for (failure, want) in cases {

@@ -35,6 +35,8 @@ pub(crate) enum Failure<'a> {
     Undecodable {
         /// The HTTP status of the answer.
         status: u16,
+        /// Whether the whole body arrived (it was parsed and failed), or its reading broke off.
+        complete: bool,
     },
     /// The request could not be built (a bug or a bad argument on our side).
     Construction,
@@ -47,7 +49,7 @@ impl<'a> Failure<'a> {
         // Only service and response errors carry a response, so a success status means the
         // answer arrived and was not understood.
         if let Some(status) = status.filter(|s| (200..300).contains(s)) {
-            return Failure::Undecodable { status };
+            return Failure::Undecodable { status, complete: matches!(err, SdkError::ServiceError(_)) };
         }
         match err {
             SdkError::ServiceError(service) => Failure::Service { code: service.err().code(), status },
@@ -97,7 +99,6 @@ enum Class {
     NotFound,
     AccessDenied,
     Transient,
-    Undecodable,
     Fatal,
 }
 
@@ -124,7 +125,12 @@ fn class_of(failure: Failure<'_>) -> Class {
         Failure::Timeout | Failure::Dispatch => Class::Transient,
         Failure::Response { status: Some(429) } => Class::Throttled,
         Failure::Response { .. } => Class::Transient,
-        Failure::Undecodable { .. } => Class::Undecodable,
+        // As before this variant existed: a whole answer that cannot be parsed is unexpected, a
+        // body whose reading broke off a passing fault. Only a GetRecords answer is
+        // `Undecodable`, which the streams source decides itself (the consumer reads it again
+        // with smaller limits; no other call has a limit to lower).
+        Failure::Undecodable { complete: true, .. } => Class::Fatal,
+        Failure::Undecodable { complete: false, .. } => Class::Transient,
         Failure::Construction => Class::Fatal,
     }
 }
@@ -137,7 +143,6 @@ pub(crate) fn source_kind(failure: Failure<'_>) -> SourceErrorKind {
         Class::Throttled => SourceErrorKind::Throttled,
         Class::NotFound => SourceErrorKind::NotFound,
         Class::Transient => SourceErrorKind::Transient,
-        Class::Undecodable => SourceErrorKind::Undecodable,
         Class::AccessDenied | Class::Fatal => SourceErrorKind::Fatal,
     }
 }
@@ -149,9 +154,8 @@ pub(crate) fn lease_kind(failure: Failure<'_>) -> LeaseStoreErrorKind {
         Class::Transient => LeaseStoreErrorKind::Transient,
         Class::NotFound => LeaseStoreErrorKind::TableNotFound,
         Class::AccessDenied => LeaseStoreErrorKind::AccessDenied,
-        // Stream-only codes cannot come from DynamoDB proper; treat them as unexpected. A lease
-        // answer that cannot be decoded leaves the write's outcome unknown: also unexpected.
-        Class::ExpiredIterator | Class::TrimmedData | Class::Undecodable | Class::Fatal => LeaseStoreErrorKind::Fatal,
+        // Stream-only codes cannot come from DynamoDB proper; treat them as unexpected.
+        Class::ExpiredIterator | Class::TrimmedData | Class::Fatal => LeaseStoreErrorKind::Fatal,
     }
 }
 
@@ -252,7 +256,9 @@ mod tests {
             (Failure::Dispatch, K::Transient),
             (Failure::Response { status: Some(502) }, K::Transient),
             (Failure::Response { status: Some(429) }, K::Throttled),
-            (Failure::Undecodable { status: 200 }, K::Undecodable),
+            // GetRecords makes these Undecodable itself (streams::undecodable).
+            (Failure::Undecodable { status: 200, complete: true }, K::Fatal),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -277,7 +283,8 @@ mod tests {
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
             (Failure::Response { status: None }, K::Transient),
-            (Failure::Undecodable { status: 200 }, K::Fatal),
+            (Failure::Undecodable { status: 200, complete: true }, K::Fatal),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -323,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn success_answers_that_cannot_be_decoded_are_undecodable() {
+    fn success_answers_that_cannot_be_decoded_are_told_apart() {
         use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
         use aws_smithy_types::body::SdkBody;
 
@@ -341,13 +348,12 @@ mod tests {
         let proxy: SdkError<GetRecordsError, HttpResponse> =
             SdkError::response_error("expected start object", response(502, SdkBody::from("<html>")));
         let cases = [
-            (&unparsed, Failure::Undecodable { status: 200 }, SourceErrorKind::Undecodable),
-            (&cut, Failure::Undecodable { status: 200 }, SourceErrorKind::Undecodable),
-            (&proxy, Failure::Response { status: Some(502) }, SourceErrorKind::Transient),
+            (&unparsed, Failure::Undecodable { status: 200, complete: true }),
+            (&cut, Failure::Undecodable { status: 200, complete: false }),
+            (&proxy, Failure::Response { status: Some(502) }),
         ];
-        for (err, failure, kind) in cases {
+        for (err, failure) in cases {
             assert_eq!(Failure::of(err), failure, "{err:?}");
-            assert_eq!(source_kind(failure), kind);
         }
     }
 }

@@ -244,7 +244,7 @@ impl StreamSource for DynamoStreamsSource {
             Err(err) => {
                 return Err(match Failure::of(&err) {
                     // The whole iterator, so that the read can be repeated by hand while it lasts.
-                    Failure::Undecodable { status } => {
+                    Failure::Undecodable { status, .. } => {
                         let context = format!(
                             "GetRecords (limit {limit}) of stream {} at iterator {}",
                             self.stream_arn, iterator.0

@@ -4,11 +4,16 @@
 //! The SDK reports a success answer whose body it cannot parse (an attribute value it does not
 //! know, such as DynamoDB Local's untagged empty map `{}`; a body mangled on the way) as an
 //! unhandled service error carrying the HTTP 200 response, body included; a body it could not
-//! read to its end as a response error without the body. What the body still tells is worked
-//! out here by a pure function, table-tested: when it is complete JSON with `Records`, its
-//! first record (sequence number and JSON text, bounded by [`MAX_RAW_RECORD_BYTES`]) becomes
-//! the error's [`UndecodableRecord`], and the first attribute value the SDK cannot read is
-//! named, for the log.
+//! read to its end as a response error without the body. Both are `Undecodable`: the consumer
+//! reads again with smaller limits, which isolates a bad record and also gets past a cut that
+//! comes with size (a proxy's limit), and it says loudly that it holds the shard. Other calls
+//! than GetRecords have no limit to lower and keep their former kinds (see the error module).
+//!
+//! What the body still tells is worked out by a pure function, table-tested: when it is
+//! complete JSON with `Records`, its first record (sequence number and JSON text, bounded by
+//! [`MAX_RAW_RECORD_BYTES`]) becomes the error's [`UndecodableRecord`], and the first
+//! attribute value the SDK cannot read is named, for the log. A body that is not complete JSON
+//! names no record: a record of a cut body may be sound.
 
 use aws_sdk_dynamodbstreams::config::http::HttpResponse;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
