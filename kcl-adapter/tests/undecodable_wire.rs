@@ -3,7 +3,11 @@
 //! 127.0.0.1 plays the service with canned answers: a body the SDK cannot parse, a 200 body
 //! cut mid-stream, a complete body of truncated JSON, a proxy's 502 page, a record without a
 //! sequence number, and (to show the server itself is sound) a good answer. SDK retries are
-//! off, so each case is one request.
+//! off, so each case is one request, except where the SDK's own retries are the point.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::config::retry::RetryConfig;
 use aws_sdk_dynamodbstreams::config::{BehaviorVersion, Credentials, Region};
@@ -28,6 +32,13 @@ fn body(records: &[String]) -> String {
 /// Serves `body` with `status` to every request; with `cut`, sends only that many bytes of
 /// the body (while announcing all of it) and closes the connection.
 async fn serve(status: &str, body: String, cut: Option<usize>) -> u16 {
+    serve_counted(status, body, cut).await.0
+}
+
+/// [`serve`], also counting the requests.
+async fn serve_counted(status: &str, body: String, cut: Option<usize>) -> (u16, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
     let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
     let head = format!(
@@ -38,6 +49,7 @@ async fn serve(status: &str, body: String, cut: Option<usize>) -> u16 {
     // Test scaffolding: the server lives as long as the test's runtime.
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
             // Read the request head and its body (GetRecords requests are small).
@@ -62,16 +74,20 @@ async fn serve(status: &str, body: String, cut: Option<usize>) -> u16 {
             let _ = conn.shutdown().await;
         }
     });
-    port
+    (port, requests)
 }
 
 async fn read(port: u16) -> Result<usize, SourceError> {
+    read_with(port, RetryConfig::disabled()).await
+}
+
+async fn read_with(port: u16, retry: RetryConfig) -> Result<usize, SourceError> {
     let config = aws_sdk_dynamodbstreams::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("local", "local", None, None, "wire-test"))
         .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .retry_config(RetryConfig::disabled())
+        .retry_config(retry)
         .build();
     let source = DynamoStreamsSource::from_stream_arn(aws_sdk_dynamodbstreams::Client::from_conf(config), ARN);
     source.read(&ShardIterator("iterator-1".to_owned()), 1000).await.map(|batch| batch.records.len())
@@ -130,6 +146,23 @@ async fn a_200_body_cut_short_is_undecodable_without_a_record() {
         assert_eq!(err.kind(), SourceErrorKind::Undecodable, "{case}");
         assert!(err.undecodable_record().is_none(), "{case}: {err}");
         assert!(err.to_string().contains(why), "{case}: {err}");
+    }
+}
+
+/// One retry layer per failure: the SDK retries a body cut on the wire (a transport fault)
+/// before the source sees it, and hands over an answer it cannot parse at once, for the
+/// consumer to read again with smaller limits.
+#[tokio::test]
+async fn the_sdk_retries_a_cut_body_but_not_an_unparsable_one() {
+    let full = body(&[record(Some(SEQ_1), GOOD_IMAGE)]);
+    let unparsable = body(&[record(Some(SEQ_1), r#"{"m":{}}"#)]);
+    let retry = || RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(1));
+    let cases = [("cut mid-stream", full.clone(), Some(full.len() / 2), 3), ("unparsable", unparsable, None, 1)];
+    for (case, sent, cut, want) in cases {
+        let (port, requests) = serve_counted("200 OK", sent, cut).await;
+        let err = read_with(port, retry()).await.err().unwrap_or_else(|| panic!("{case}: read"));
+        assert_eq!(err.kind(), SourceErrorKind::Undecodable, "{case}: {err}");
+        assert_eq!(requests.load(Ordering::SeqCst), want, "{case}: requests");
     }
 }
 

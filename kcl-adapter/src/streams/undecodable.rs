@@ -18,11 +18,11 @@
 use aws_sdk_dynamodbstreams::config::http::HttpResponse;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use kcl_core::{SequenceNumber, SourceError, SourceErrorKind, UndecodableRecord};
-
-use crate::error::causes;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::error::causes;
 
 /// The most of a record's JSON text kept in an [`UndecodableRecord`]: 64 KiB. A longer record
 /// is cut at a character boundary and ends with `… [N more bytes cut]`.
