@@ -21,6 +21,19 @@ pub enum WorkerError {
     /// The stream cannot be read.
     #[error("{}", stream_hint(.0))]
     Stream(#[source] SourceError),
+    /// Another live process runs with this worker id: two processes with one id would both
+    /// deliver the same shards, so this one refuses to start.
+    #[error(
+        "another live worker process uses worker id {worker_id} (its heartbeat {heartbeat} in the lease table is \
+         being renewed): give every process its own worker id (leave Config::worker_id / --worker-id unset for \
+         hostname-pid, or make the configured id unique per task)"
+    )]
+    DuplicateWorkerId {
+        /// The id in use.
+        worker_id: String,
+        /// The other process's heartbeat item.
+        heartbeat: String,
+    },
 }
 
 impl WorkerError {
@@ -31,6 +44,7 @@ impl WorkerError {
             WorkerError::Metrics(_) => "metrics",
             WorkerError::LeaseTable(_) => "lease_table",
             WorkerError::Stream(_) => "stream",
+            WorkerError::DuplicateWorkerId { .. } => "duplicate_worker_id",
         }
     }
 }

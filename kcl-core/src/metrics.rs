@@ -31,6 +31,9 @@ pub struct Metrics {
     pub(crate) skipped: IntCounter,
     pub(crate) processing_timeouts: IntCounter,
     pub(crate) stalled_shards: IntGauge,
+    pub(crate) processor_panics: IntCounterVec,
+    pub(crate) consumer_failures: IntCounter,
+    pub(crate) undecodable_records: IntCounter,
     pub(crate) shards_without_children: IntGauge,
 }
 
@@ -119,6 +122,24 @@ impl Metrics {
                 "kcl_stalled_shards",
                 "Held shards without progress for longer than the stall threshold",
             )?,
+            processor_panics: IntCounterVec::new(
+                Opts::new(
+                    "kcl_processor_panics_total",
+                    "Processor calls that panicked, by callback (initialize, process_records, shard_ended, \
+                     shutdown_requested, lease_lost); each is handled as a failure of that call",
+                ),
+                &["callback"],
+            )?,
+            consumer_failures: IntCounter::new(
+                "kcl_consumer_failures_total",
+                "Shard consumer tasks that ended abnormally (a panic outside a processor call); their leases are \
+                 released at once",
+            )?,
+            undecodable_records: IntCounter::new(
+                "kcl_undecodable_records_total",
+                "Records the stream source could not decode, isolated by reading one record at a time and handed to \
+                 the failure policy",
+            )?,
             shards_without_children: IntGauge::new(
                 "kcl_ended_shards_without_children",
                 "Shards this worker processed to their end whose children have not appeared for longer than \
@@ -128,6 +149,9 @@ impl Metrics {
         registry.register(Box::new(m.records_processed.clone()))?;
         registry.register(Box::new(m.stalled_shards.clone()))?;
         registry.register(Box::new(m.shards_without_children.clone()))?;
+        registry.register(Box::new(m.processor_panics.clone()))?;
+        registry.register(Box::new(m.consumer_failures.clone()))?;
+        registry.register(Box::new(m.undecodable_records.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.dead_letter_failures.clone()))?;
         registry.register(Box::new(m.skipped.clone()))?;

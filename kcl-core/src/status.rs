@@ -44,6 +44,9 @@ pub struct ShardStatus {
     /// How long the shard has made no progress (no batch delivered, no read reaching the
     /// head of the shard), once that exceeds the stall threshold.
     pub stalled_for: Option<Duration>,
+    /// The last failure on this shard since its last progress: a read that failed (with its
+    /// kind), a processor call that failed or panicked. Cleared by progress.
+    pub last_error: Option<String>,
     /// Last progress (monotonic clock).
     pub(crate) last_progress: tokio::time::Instant,
 }
@@ -119,6 +122,7 @@ impl StatusBoard {
             records_processed: 0,
             trimmed_events: 0,
             stalled_for: None,
+            last_error: None,
             last_progress: tokio::time::Instant::now(),
         });
         f(entry);
@@ -131,6 +135,7 @@ impl StatusBoard {
             entry.state = ShardState::Processing;
             entry.last_progress = tokio::time::Instant::now();
             entry.stalled_for = None;
+            entry.last_error = None;
             entry.records_processed += count;
             entry.last_processed = Some(last);
             entry.lag = lag;

@@ -1,6 +1,7 @@
 //! [`Worker`]: runs the coordinator, shard sync and one consumer task per held lease until
 //! cancelled; [`WorkerHandle`] stops it gracefully and reports its status.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,41 +52,71 @@ pub struct Worker<S, L, F, D = NoDeadLetter> {
     status: Arc<StatusBoard>,
     shutdown: CancellationToken,
     abort: CancellationToken,
-    done: watch::Sender<bool>,
+    done: watch::Sender<Option<Stopped>>,
 }
+
+/// How `run` ended, for [`WorkerHandle::shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopped {
+    /// Every consumer finished on the shutdown token: checkpointed and released.
+    Graceful,
+    /// Aborted, or `run` failed.
+    Otherwise,
+}
+
+/// How long [`WorkerHandle::shutdown`] waits for the worker to stop after aborting it
+/// (consumers are aborted at once; only in-flight calls, each under its call timeout, remain).
+pub const ABORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Shard ends queued for shard sync; when full, the periodic sync creates the children.
+const SHARD_ENDS_QUEUED: usize = 1024;
 
 /// Controls a running [`Worker`] from elsewhere. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WorkerHandle {
     shutdown: CancellationToken,
     abort: CancellationToken,
-    done: watch::Receiver<bool>,
+    done: watch::Receiver<Option<Stopped>>,
     status: Arc<StatusBoard>,
 }
 
 /// How a graceful shutdown ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ShutdownOutcome {
     /// Every shard was checkpointed and its lease released.
     Graceful,
     /// The deadline passed first; unreleased leases expire and are taken over normally.
     DeadlineExceeded,
+    /// The worker was not running a graceful stop: it was dropped (or its `run` future was),
+    /// it had failed or been aborted, or it never ran. Its leases, if any, expire and are
+    /// taken over normally.
+    NotRunning,
 }
 
 impl WorkerHandle {
     /// Asks the worker to stop: processors get `shutdown_requested`, each shard is
     /// checkpointed at its last processed record and its lease released, so that other workers
     /// continue at once. Past `deadline`, the remaining shards are abandoned.
+    ///
+    /// After the deadline the worker is aborted and waited for at most [`ABORT_WAIT`] more.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownOutcome {
         self.shutdown.cancel();
         let mut done = self.done.clone();
-        let finished = tokio::time::timeout(deadline, done.wait_for(|d| *d)).await.is_ok();
-        if finished {
-            ShutdownOutcome::Graceful
-        } else {
-            self.abort.cancel();
-            let _ = done.wait_for(|d| *d).await;
-            ShutdownOutcome::DeadlineExceeded
+        // `Err`: the worker is gone without saying how it stopped (dropped, or never run).
+        let waited = tokio::time::timeout(deadline, done.wait_for(Option::is_some)).await.map(|r| r.map(|s| *s));
+        let stopped = match waited {
+            Ok(Ok(stopped)) => stopped,
+            Ok(Err(_)) => return ShutdownOutcome::NotRunning,
+            Err(_) => {
+                self.abort.cancel();
+                let _ = tokio::time::timeout(ABORT_WAIT, done.wait_for(Option::is_some)).await;
+                return ShutdownOutcome::DeadlineExceeded;
+            }
+        };
+        match stopped {
+            Some(Stopped::Graceful) => ShutdownOutcome::Graceful,
+            _ => ShutdownOutcome::NotRunning,
         }
     }
 
@@ -101,7 +132,7 @@ impl WorkerHandle {
 
     /// True once the worker has stopped.
     pub fn is_finished(&self) -> bool {
-        *self.done.borrow()
+        self.done.borrow().is_some() || self.done.has_changed().is_err()
     }
 }
 
@@ -136,7 +167,7 @@ where
             status,
             shutdown: CancellationToken::new(),
             abort: CancellationToken::new(),
-            done: watch::channel(false).0,
+            done: watch::channel(None).0,
         }
     }
 
@@ -180,7 +211,8 @@ where
     pub async fn run(self) -> Result<(), WorkerError> {
         let span = tracing::info_span!("worker", worker = %self.config.worker_id());
         let result = self.run_inner().instrument(span).await;
-        self.done.send_replace(true);
+        let graceful = matches!(result, Ok(())) && !self.abort.is_cancelled();
+        self.done.send_replace(Some(if graceful { Stopped::Graceful } else { Stopped::Otherwise }));
         result
     }
 
@@ -191,6 +223,20 @@ where
                 .await
                 .map_err(WorkerError::LeaseTable)?,
         );
+        match coordinator.check_unique_id().await {
+            Ok(None) => {}
+            Ok(Some(heartbeat)) => {
+                coordinator.deregister().await;
+                return Err(WorkerError::DuplicateWorkerId {
+                    worker_id: self.config.worker_id().to_string(),
+                    heartbeat: heartbeat.to_string(),
+                });
+            }
+            Err(e) => {
+                coordinator.deregister().await;
+                return Err(WorkerError::LeaseTable(e));
+            }
+        }
         let sync = ShardSync {
             source: self.source.clone(),
             coordinator: coordinator.clone(),
@@ -210,7 +256,7 @@ where
             }
             tracing::warn!(error = %e, "first shard listing failed; will retry");
         }
-        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended_rx) = mpsc::channel(SHARD_ENDS_QUEUED);
         let ctx = Arc::new(ConsumerContext {
             source: self.source.clone(),
             store: self.store.clone(),
@@ -227,11 +273,13 @@ where
         // so that leases stay renewed while shards checkpoint during a graceful shutdown.
         let background = self.abort.child_token();
         let mut tasks = JoinSet::new();
-        tasks
-            .spawn(renew_loop(coordinator.clone(), self.config.renew_interval(), background.clone()).in_current_span());
+        let every = self.config.renew_interval();
+        // The heartbeat has its own timer: it never waits behind lease renewals.
+        tasks.spawn(heartbeat_loop(coordinator.clone(), every, background.clone()).in_current_span());
+        tasks.spawn(renew_loop(coordinator.clone(), every, background.clone()).in_current_span());
         tasks.spawn(sync.run(ended_rx, background.clone()).in_current_span());
 
-        let mut consumers: JoinSet<(LeaseKey, ConsumerExit)> = JoinSet::new();
+        let mut consumers = Consumers::default();
         let mut next_take = Instant::now();
         let mut poll = tokio::time::interval(self.config.heartbeat_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -240,11 +288,8 @@ where
                 biased;
                 _ = self.abort.cancelled() => break,
                 _ = self.shutdown.cancelled() => break,
-                Some(joined) = consumers.join_next() => {
-                    if let Ok((key, exit)) = joined {
-                        tracing::debug!(lease = %key, ?exit, "consumer finished");
-                        coordinator.forget(&key);
-                    }
+                Some(joined) = consumers.set.join_next_with_id() => {
+                    self.consumer_finished(&coordinator, &mut consumers, joined).await;
                 }
                 _ = tokio::time::sleep_until(next_take) => {
                     next_take = self.take(&ctx, &coordinator, &mut consumers).await;
@@ -259,14 +304,18 @@ where
                     }
                     let age = self.status.snapshot().max_lag().map_or(0, |d| d.as_secs() as i64);
                     self.metrics.iterator_age_seconds.set(age);
-                    self.watchdog(&coordinator).await;
+                    self.watchdog(&coordinator, &consumers).await;
                 }
             }
         }
         // Graceful: consumers see the shutdown token, checkpoint and release.
         tokio::select! {
-            _ = async { while consumers.join_next().await.is_some() {} } => {}
-            _ = self.abort.cancelled() => consumers.abort_all(),
+            _ = async {
+                while let Some(joined) = consumers.set.join_next_with_id().await {
+                    self.consumer_finished(&coordinator, &mut consumers, joined).await;
+                }
+            } => {}
+            _ = self.abort.cancelled() => consumers.set.abort_all(),
         }
         background.cancel();
         while tasks.join_next().await.is_some() {}
@@ -277,9 +326,54 @@ where
         Ok(())
     }
 
+    /// A consumer task ended. Normally it released or lost its lease itself; a task that
+    /// ended any other way (a panic outside the guarded processor calls, the factory's among
+    /// them) has its lease released here at once, so that no held lease is without a consumer.
+    async fn consumer_finished(
+        &self,
+        coordinator: &Coordinator<TimedStore<L>>,
+        consumers: &mut Consumers,
+        joined: Result<(tokio::task::Id, (LeaseKey, ConsumerExit)), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((id, (key, exit))) => {
+                consumers.by_task.remove(&id);
+                tracing::debug!(lease = %key, ?exit, "consumer finished");
+                coordinator.forget(&key);
+            }
+            Err(e) => {
+                let Some(key) = consumers.by_task.remove(&e.id()) else { return };
+                if e.is_cancelled() {
+                    coordinator.forget(&key);
+                    return;
+                }
+                let why = match e.try_into_panic() {
+                    Ok(payload) => crate::consumer::guard::panic_message(&*payload),
+                    Err(e) => e.to_string(),
+                };
+                self.metrics.consumer_failures.inc();
+                tracing::error!(lease = %key, error = %why,
+                    "shard consumer ended abnormally; releasing its lease so that it is consumed again");
+                if let Some(shard) = key.shard_id() {
+                    self.status.remove(&shard, false);
+                }
+                coordinator.release(&key).await;
+            }
+        }
+    }
+
     /// The stall watchdog: reports held shards without progress, and releases them when so
-    /// configured.
-    async fn watchdog(&self, coordinator: &Coordinator<TimedStore<L>>) {
+    /// configured. Also checks that every held lease has a live consumer task.
+    async fn watchdog(&self, coordinator: &Coordinator<TimedStore<L>>, consumers: &Consumers) {
+        let consumed: std::collections::HashSet<&LeaseKey> = consumers.by_task.values().collect();
+        for held in coordinator.held() {
+            if !consumed.contains(&held.key) {
+                tracing::error!(shard = %held.shard_id, "held lease without a consumer; releasing it");
+                self.metrics.consumer_failures.inc();
+                self.status.remove(&held.shard_id, false);
+                coordinator.release(&held.key).await;
+            }
+        }
         let stalled = self.status.stalled(self.config.stall_threshold);
         self.metrics.stalled_shards.set(stalled.len() as i64);
         for (shard, idle, newly, state) in stalled {
@@ -299,26 +393,41 @@ where
         &self,
         ctx: &Arc<ConsumerContext<TimedSource<S>, TimedStore<L>, D>>,
         coordinator: &Coordinator<TimedStore<L>>,
-        consumers: &mut JoinSet<(LeaseKey, ConsumerExit)>,
+        consumers: &mut Consumers,
     ) -> Instant {
         let outcome = coordinator.take_cycle().await;
         for held in outcome.acquired {
-            let processor = self.factory.create(&held.shard_id);
             let span = tracing::info_span!("shard", shard = %held.shard_id);
-            consumers.spawn(ctx.clone().run(held, processor).instrument(span));
+            let key = held.key.clone();
+            let task = consumers.set.spawn(ctx.clone().run(held, self.factory.clone()).instrument(span));
+            consumers.by_task.insert(task.id(), key);
         }
         let wait = if outcome.contended { self.config.heartbeat_poll_interval } else { self.config.take_interval };
         Instant::now() + wait
     }
 }
 
-async fn renew_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Duration, token: CancellationToken) {
+/// The consumer tasks, and which lease each one consumes.
+#[derive(Debug, Default)]
+struct Consumers {
+    set: JoinSet<(LeaseKey, ConsumerExit)>,
+    by_task: HashMap<tokio::task::Id, LeaseKey>,
+}
+
+async fn heartbeat_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Duration, token: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tick.tick() => coordinator.renew_all().await,
+            _ = tick.tick() => coordinator.renew_heartbeat().await,
         }
+    }
+}
+
+async fn renew_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Duration, token: CancellationToken) {
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = coordinator.renew_leases(every) => {}
     }
 }

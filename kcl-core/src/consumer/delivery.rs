@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use super::guard::Callback;
 use super::{ConsumerContext, Interrupted};
 use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
 use crate::config::OnRetriesExhausted;
@@ -14,7 +15,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::lease::LeaseStore;
 use crate::lease::held::HeldLease;
 use crate::processor::{Batch, RecordProcessor};
-use crate::source::{StreamRecord, StreamSource};
+use crate::source::{StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::ShardState;
 
 /// What became of one attempt at a part of a batch.
@@ -73,10 +74,12 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let Some(last) = part.last_sequence_number().cloned() else { return Ok(Attempt::Done) };
         checkpointer.delivered(last.clone());
         let started = Instant::now();
-        let call = processor.process_records(&part, checkpointer);
+        let call = self.call(&held.shard_id, Callback::ProcessRecords, processor.process_records(&part, checkpointer));
+        let panicked =
+            |p: super::guard::Panicked| crate::processor::ProcessorError::new(format!("process_records {p}"));
         let result = match self.config.processing_timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(r) => r,
+                Ok(r) => r.unwrap_or_else(|p| Err(panicked(p))),
                 Err(_) => {
                     self.metrics.processing_timeouts.inc();
                     Err(crate::processor::ProcessorError::new(format!(
@@ -84,7 +87,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     )))
                 }
             },
-            None => call.await,
+            None => call.await.unwrap_or_else(|p| Err(panicked(p))),
         };
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         let error = match result {
@@ -97,7 +100,11 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             Err(e) => e,
         };
         self.metrics.batches.with_label_values(&["error"]).inc();
-        self.status.update(&held.shard_id, |s| s.state = ShardState::Retrying);
+        let shown = error.to_string();
+        self.status.update(&held.shard_id, |s| {
+            s.state = ShardState::Retrying;
+            s.last_error = Some(shown);
+        });
         let attempts = attempts + 1;
         if let Some(first_failed) = error.first_failed().cloned() {
             // Partial batch failure: everything before `first_failed` is handled.
@@ -127,7 +134,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             first = ?first, last = %last, exhausted, "process_records failed"
         );
         if exhausted && self.config.on_retries_exhausted == OnRetriesExhausted::DeadLetter {
-            self.give_up(held, checkpointer, &part, attempts, &error.to_string()).await?;
+            let message = error.to_string();
+            let letter = DeadLetter::new(&held.shard_id, &part.records, attempts, &message);
+            self.give_up(held, checkpointer, &letter).await?;
             return Ok(Attempt::Done);
         }
         if splittable {
@@ -138,24 +147,42 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         Ok(Attempt::Retry)
     }
 
+    /// A record the source could not decode (isolated by the reader): dead-letter what the
+    /// source kept of it, or, with no destination, skip it loudly; then checkpoint past it.
+    /// Returns its sequence number.
+    pub(super) async fn undecodable(
+        &self,
+        held: &HeldLease,
+        checkpointer: &LeaseCheckpointer<L>,
+        record: UndecodableRecord,
+        error: &str,
+    ) -> Result<SequenceNumber, Interrupted> {
+        self.wait_until_valid(held).await?;
+        self.metrics.undecodable_records.inc();
+        checkpointer.delivered(record.sequence_number.clone());
+        let letter = DeadLetter::for_undecodable(&held.shard_id, &record, error);
+        self.give_up(held, checkpointer, &letter).await?;
+        Ok(record.sequence_number)
+    }
+
     /// Retries are exhausted: dead-letter the records (retrying the sink until it takes them),
     /// or, with no destination, skip them loudly. Then checkpoint past them.
     async fn give_up(
         &self,
         held: &HeldLease,
         checkpointer: &LeaseCheckpointer<L>,
-        part: &Batch<S::Record>,
-        attempts: u32,
-        error: &str,
+        letter: &DeadLetter<'_, S::Record>,
     ) -> Result<(), Interrupted> {
-        let (Some(first), Some(last)) = (part.records.first(), part.records.last()) else { return Ok(()) };
-        let (first, last) = (first.sequence_number().clone(), last.sequence_number().clone());
-        let count = part.records.len() as u64;
+        let (Some(first), Some(last)) = (letter.first_sequence_number(), letter.last_sequence_number()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.clone(), last.clone());
+        let (attempts, error) = (letter.attempts, letter.error);
+        let count = letter.records.len().max(1) as u64;
         match &self.dead_letter {
             Some(sink) => {
-                let letter = DeadLetter::new(&held.shard_id, &part.records, attempts, error);
                 let mut backoff = self.backoff();
-                while let Err(e) = sink.send(&letter).await {
+                while let Err(e) = sink.send(letter).await {
                     let kind = e.kind();
                     self.metrics.dead_letter_failures.with_label_values(&[kind.as_str()]).inc();
                     self.status.update(&held.shard_id, |s| s.state = ShardState::WaitingOnDeadLetter);

@@ -4,9 +4,15 @@
 //!
 //! The reader and the deliverer run concurrently inside the shard's task, joined by a channel
 //! of `prefetch_batches` batches: memory per shard is bounded and no extra task is spawned.
-//! How one batch is delivered under the failure policy is in [`delivery`].
+//! How one batch is delivered under the failure policy is in [`delivery`], the reader in
+//! [`read`], and how processor calls are guarded against panics in [`guard`].
+//!
+//! A consumer never ends silently: a processor callback that panics is a failure of that
+//! call, and the worker releases the lease of a consumer task that ends for any reason.
 
 mod delivery;
+pub(crate) mod guard;
+mod read;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,16 +23,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
-use crate::config::Config;
+use crate::config::{Config, OnRetriesExhausted};
 use crate::dead_letter::DeadLetterSink;
 use crate::lease::held::HeldLease;
 use crate::lease::{LeaseKey, LeaseStore, LeaseUpdate};
 use crate::metrics::Metrics;
-use crate::processor::{Batch, InitializeInput, RecordProcessor};
+use crate::processor::{Batch, InitializeInput, RecordProcessor, RecordProcessorFactory};
 use crate::shard::ShardId;
 use crate::shard::lineage::first_unfinished_parent;
-use crate::source::{ShardIterator, SourceErrorKind, StartPosition, StreamRecord, StreamSource};
+use crate::source::{ShardIterator, SourceErrorKind, StartPosition, StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::{ShardState, StatusBoard};
+use guard::{Callback, guarded};
 
 /// What every consumer of one worker shares.
 #[derive(Debug)]
@@ -38,8 +45,9 @@ pub(crate) struct ConsumerContext<S, L, D> {
     pub(crate) status: Arc<StatusBoard>,
     /// Cancelled on graceful shutdown.
     pub(crate) shutdown: CancellationToken,
-    /// Told about every shard that ended, so shard sync creates the children at once.
-    pub(crate) shard_ended: mpsc::UnboundedSender<ShardId>,
+    /// Told about every shard that ended, so shard sync creates the children at once
+    /// (bounded: when full, the periodic sync creates them).
+    pub(crate) shard_ended: mpsc::Sender<ShardId>,
     /// Where exhausted records go; `None` when the worker has no destination.
     pub(crate) dead_letter: Option<Arc<D>>,
     /// Shards known to be closed (from shard sync's listings).
@@ -56,6 +64,8 @@ pub(crate) enum ConsumerExit {
 
 enum Fetched<R> {
     Records(Vec<R>),
+    /// A record the source could not decode, with the read's error: for the failure policy.
+    Undecodable(UndecodableRecord, String),
     End,
 }
 
@@ -84,21 +94,43 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
     }
 
-    /// Runs one shard until it ends, the lease is lost or shutdown completes.
-    pub(crate) async fn run<P: RecordProcessor<S::Record>>(
+    /// Runs one shard until it ends, the lease is lost or shutdown completes. The processor
+    /// is made here, inside the shard's task: a factory that panics ends this task only, and
+    /// the worker releases the lease.
+    pub(crate) async fn run<F: RecordProcessorFactory<S::Record>>(
         self: Arc<Self>,
         held: Arc<HeldLease>,
-        mut processor: P,
+        factory: Arc<F>,
     ) -> (LeaseKey, ConsumerExit) {
         let shard = held.shard_id.clone();
+        let mut processor = factory.create(&shard);
         let exit = self.run_inner(&held, &mut processor).await;
         match exit {
-            ConsumerExit::LeaseLost => processor.lease_lost().await,
+            ConsumerExit::LeaseLost => {
+                let _ = self.call(&shard, Callback::LeaseLost, processor.lease_lost()).await;
+            }
             ConsumerExit::ShardEnded | ConsumerExit::Shutdown => {}
         }
         self.status.remove(&shard, exit == ConsumerExit::ShardEnded);
         held.mark_lost();
         (held.key.clone(), exit)
+    }
+
+    /// Runs one processor callback guarded: a panic is counted, logged at error with the
+    /// shard, and returned as the call's failure.
+    async fn call<T>(
+        &self,
+        shard: &ShardId,
+        callback: Callback,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, guard::Panicked> {
+        let result = guarded(call).await;
+        if let Err(p) = &result {
+            self.metrics.processor_panics.with_label_values(&[callback.as_str()]).inc();
+            tracing::error!(shard = %shard, callback = callback.as_str(), panic = %p.0,
+                "processor panicked; handled as a failure of this call");
+        }
+        result
     }
 
     async fn run_inner<P: RecordProcessor<S::Record>>(&self, held: &Arc<HeldLease>, processor: &mut P) -> ConsumerExit {
@@ -117,14 +149,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             self.release(held).await;
             return ConsumerExit::ShardEnded;
         }
-        let init = InitializeInput { shard_id: shard.clone(), checkpoint: checkpoint.clone() };
-        let mut backoff = self.backoff();
-        while let Err(e) = processor.initialize(&init).await {
-            tracing::warn!(shard = %shard, error = %e, "processor initialize failed; retrying");
-            let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
-            if let Err(i) = self.pause(held, d).await {
-                return self.interrupted(held, i, processor, Some(&checkpointer)).await;
-            }
+        if let Err(i) = self.initialize(held, processor, &checkpoint).await {
+            return self.interrupted(held, i, processor, Some(&checkpointer)).await;
         }
         let start = match &checkpoint {
             Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartPosition::TrimHorizon,
@@ -143,6 +169,38 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         };
         let ((), exit) = tokio::join!(reader, deliver);
         exit
+    }
+
+    /// Calls `initialize` until it succeeds (an `Err` or a panic is retried with backoff;
+    /// the shard shows `Retrying` with the error meanwhile).
+    async fn initialize<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &HeldLease,
+        processor: &mut P,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), Interrupted> {
+        let shard = &held.shard_id;
+        let init = InitializeInput { shard_id: shard.clone(), checkpoint: checkpoint.clone() };
+        let mut backoff = self.backoff();
+        loop {
+            let error = match self.call(shard, Callback::Initialize, processor.initialize(&init)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => e.to_string(),
+                Err(p) => p.to_string(),
+            };
+            tracing::warn!(shard = %shard, %error, "processor initialize failed; retrying");
+            self.status.update(shard, |s| {
+                s.state = ShardState::Retrying;
+                s.last_error = Some(format!("initialize: {error}"));
+            });
+            let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
+            self.pause(held, d).await?;
+        }
+        self.status.update(shard, |s| {
+            s.state = ShardState::Processing;
+            s.last_error = None;
+        });
+        Ok(())
     }
 
     async fn wait_for_parents(&self, held: &HeldLease) -> Result<(), Interrupted> {
@@ -183,7 +241,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             Interrupted::LeaseLost => ConsumerExit::LeaseLost,
             Interrupted::Shutdown => {
                 if let Some(cp) = checkpointer {
-                    processor.shutdown_requested(cp).await;
+                    let call = processor.shutdown_requested(cp);
+                    let _ = self.call(&held.shard_id, Callback::ShutdownRequested, call).await;
                 }
                 self.release(held).await;
                 ConsumerExit::Shutdown
@@ -249,106 +308,6 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         );
     }
 
-    async fn read_loop(
-        &self,
-        held: &HeldLease,
-        mut position: StartPosition,
-        tx: mpsc::Sender<Fetched<S::Record>>,
-        stop: CancellationToken,
-        in_flight: &std::sync::atomic::AtomicUsize,
-    ) {
-        let result: Result<(), Interrupted> = async {
-            let Some(mut iterator) = Box::pin(self.iterator_at(held, &mut position)).await? else {
-                let _ = tx.send(Fetched::End).await;
-                return Ok(());
-            };
-            let mut backoff = self.backoff();
-            loop {
-                if stop.is_cancelled() {
-                    return Ok(());
-                }
-                let started = Instant::now();
-                // Boxed, here and below: the task of an idle shard then holds only the small state it
-                // waits in, not room for the largest call (10,000 idle shards, 10,000 tasks).
-                let read = Box::pin(self.source.read(&iterator, self.config.max_records_per_read)).await;
-                let elapsed = started.elapsed().as_secs_f64();
-                match read {
-                    Ok(batch) => {
-                        self.metrics.read_ok_seconds.observe(elapsed);
-                        backoff = self.backoff();
-                        let empty = batch.records.is_empty();
-                        if let Some(last) = batch.records.last() {
-                            position = StartPosition::AfterSequenceNumber(last.sequence_number().clone());
-                            in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            let send = tx.send(Fetched::Records(batch.records));
-                            tokio::select! {
-                                r = send => if r.is_err() { return Ok(()) },
-                                _ = stop.cancelled() => return Ok(()),
-                            }
-                        }
-                        match batch.next_iterator {
-                            None => {
-                                let _ = tx.send(Fetched::End).await;
-                                return Ok(());
-                            }
-                            Some(next) => iterator = next,
-                        }
-                        if empty {
-                            // At the head of an open shard: caught up. A closed shard has no
-                            // head to wait at: empty reads before its end do not count.
-                            let closed = self
-                                .closed
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .contains(&held.shard_id);
-                            if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 && !closed {
-                                self.status.caught_up(&held.shard_id);
-                            }
-                            tokio::select! {
-                                _ = tokio::time::sleep(self.config.idle_time_between_reads) => {}
-                                _ = stop.cancelled() => return Ok(()),
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        self.metrics.read_seconds.with_label_values(&["error"]).observe(elapsed);
-                        self.metrics.read_errors.with_label_values(&[e.kind().as_str()]).inc();
-                        match e.kind() {
-                            SourceErrorKind::ExpiredIterator => {
-                                tracing::debug!(shard = %held.shard_id, "iterator expired; getting a new one after the last record read");
-                            }
-                            SourceErrorKind::TrimmedData => {
-                                self.trimmed(&held.shard_id, &position, &e);
-                                position = StartPosition::TrimHorizon;
-                            }
-                            _ => {
-                                let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
-                                tracing::debug!(shard = %held.shard_id, error = %e, delay = ?d, "read failed; backing off");
-                                tokio::select! {
-                                    _ = tokio::time::sleep(d) => {}
-                                    _ = stop.cancelled() => return Ok(()),
-                                }
-                                if e.kind() != SourceErrorKind::NotFound && e.kind() != SourceErrorKind::Fatal {
-                                    continue;
-                                }
-                            }
-                        }
-                        match Box::pin(self.iterator_at(held, &mut position)).await? {
-                            Some(it) => iterator = it,
-                            None => {
-                                let _ = tx.send(Fetched::End).await;
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        .await;
-        // Interruptions are acted on by the deliverer, which watches the same tokens.
-        drop(result);
-    }
-
     async fn deliver_loop<P: RecordProcessor<S::Record>>(
         &self,
         held: &HeldLease,
@@ -372,6 +331,18 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 Some(Fetched::Records(records)) => {
                     let batch = Batch { shard_id: shard.clone(), lag: lag_of(&records), records };
                     match Box::pin(self.deliver(held, processor, checkpointer, batch)).await {
+                        Ok(last) => {
+                            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            last_processed = Some(last);
+                        }
+                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
+                        Err(Interrupted::Shutdown) => {
+                            return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
+                        }
+                    }
+                }
+                Some(Fetched::Undecodable(record, error)) => {
+                    match Box::pin(self.undecodable(held, checkpointer, record, &error)).await {
                         Ok(last) => {
                             in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                             last_processed = Some(last);
@@ -421,7 +392,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         if self.wait_until_valid(held).await.is_err() {
             return if self.shutdown.is_cancelled() { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
         }
-        processor.shard_ended(checkpointer).await;
+        if self.shard_ended_call(held, processor, checkpointer).await.is_err() {
+            return if self.shutdown.is_cancelled() { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+        }
         let mut backoff = self.backoff();
         loop {
             match checkpointer.write(Checkpoint::ShardEnd).await {
@@ -438,7 +411,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
         tracing::info!(shard = %held.shard_id, "shard processed to its end");
         self.metrics.shards_ended.inc();
-        let _ = self.shard_ended.send(held.shard_id.clone());
+        if self.shard_ended.try_send(held.shard_id.clone()).is_err() {
+            tracing::info!(shard = %held.shard_id, "shard sync is busy; the periodic sync will create the children");
+        }
         self.release(held).await;
         ConsumerExit::ShardEnded
     }
@@ -453,7 +428,16 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         if held.is_lost() {
             return ConsumerExit::LeaseLost;
         }
-        processor.shutdown_requested(checkpointer).await;
+        let flushed =
+            self.call(&held.shard_id, Callback::ShutdownRequested, processor.shutdown_requested(checkpointer));
+        if flushed.await.is_err() {
+            // What the processor holds may not be durable: leave the checkpoint where it is, so
+            // the next owner delivers those records again.
+            tracing::error!(shard = %held.shard_id, last = ?last_processed,
+                "shutdown_requested panicked; not checkpointing past the processor's own checkpoints");
+            self.release(held).await;
+            return ConsumerExit::Shutdown;
+        }
         if let Some(last) = last_processed {
             match checkpointer.write(Checkpoint::At(last)).await {
                 Ok(()) | Err(CheckpointError::BehindCurrent { .. }) => {}
@@ -462,6 +446,41 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
         self.release(held).await;
         ConsumerExit::Shutdown
+    }
+}
+
+impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerContext<S, L, D> {
+    /// Calls `shard_ended`. A panic is retried with backoff (the shard shows `Retrying`);
+    /// once the retries of the failure policy are exhausted, the policy decides: `DeadLetter`
+    /// goes on to the `SHARD_END` checkpoint (every record was delivered; only the hook
+    /// failed), `StopShard` keeps retrying.
+    async fn shard_ended_call<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &HeldLease,
+        processor: &mut P,
+        checkpointer: &LeaseCheckpointer<L>,
+    ) -> Result<(), Interrupted> {
+        let shard = &held.shard_id;
+        let mut backoff = self.backoff();
+        let mut attempts = 0u32;
+        loop {
+            let Err(panic) = self.call(shard, Callback::ShardEnded, processor.shard_ended(checkpointer)).await else {
+                return Ok(());
+            };
+            attempts += 1;
+            let exhausted = self.config.max_retry_attempts.is_some_and(|max| attempts > max);
+            if exhausted && self.config.on_retries_exhausted == OnRetriesExhausted::DeadLetter {
+                tracing::error!(shard = %shard, attempts, %panic,
+                    "shard_ended keeps failing and its retries are exhausted; checkpointing SHARD_END anyway");
+                return Ok(());
+            }
+            self.status.update(shard, |s| {
+                s.state = ShardState::Retrying;
+                s.last_error = Some(format!("shard_ended: {panic}"));
+            });
+            let d = backoff.next().unwrap_or(self.config.max_retry_backoff);
+            self.pause(held, d).await?;
+        }
     }
 }
 

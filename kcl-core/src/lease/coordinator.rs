@@ -2,16 +2,23 @@
 //!
 //! - **Heartbeat**: one item per running worker, renewed with the leases. Every held lease is
 //!   fenced on it, so a worker whose heartbeat stopped changing has stopped delivering.
-//! - **Renewer**: every lease duration / 3, renews the heartbeat and every held lease
-//!   (conditional on owner and counter). A lost race marks the lease lost at once.
+//! - **Renewer**: every lease duration / 3, renews the heartbeat (on its own timer, never
+//!   behind lease renewals) and every held lease (conditional on owner and counter), at most
+//!   `max_concurrent_renewals` calls at once, a new one starting as soon as any answers. A
+//!   lease whose renewal is still in flight is not queued again. A lost race marks the lease
+//!   lost at once.
 //! - **Taker**: once per take interval, scans the table, judges expiry by the local monotonic
 //!   clock (a counter unchanged for a whole lease duration, as observed here) and takes or
 //!   steals per [`plan_takes`]. Between scans it reads only the other workers' heartbeats
 //!   (one small read each); when one has stopped changing for a lease duration, that worker's
 //!   leases are taken at once, so failover needs about one lease duration.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
@@ -27,7 +34,7 @@ use crate::metrics::Metrics;
 /// Attempts at registering the heartbeat when a worker starts, for retryable errors.
 const START_RETRIES: usize = 10;
 
-/// Concurrent lease-table writes per batch of renewals or takes.
+/// Concurrent lease-table writes of a take cycle.
 const WRITE_CONCURRENCY: usize = 32;
 
 /// A counter value and when this worker first saw it.
@@ -90,6 +97,8 @@ pub(crate) struct Coordinator<S> {
     token: CancellationToken,
     seed: u64,
     cycles: std::sync::atomic::AtomicU64,
+    /// Whether a live heartbeat of another process with this worker id was reported.
+    twin_reported: std::sync::atomic::AtomicBool,
 }
 
 impl<S: LeaseStore> Coordinator<S> {
@@ -122,6 +131,7 @@ impl<S: LeaseStore> Coordinator<S> {
             }
         };
         Ok(Self {
+            twin_reported: std::sync::atomic::AtomicBool::new(false),
             store,
             metrics,
             liveness: Arc::new(Liveness::new(sent)),
@@ -137,6 +147,55 @@ impl<S: LeaseStore> Coordinator<S> {
             cycles: std::sync::atomic::AtomicU64::new(0),
             config,
         })
+    }
+
+    /// Refuses to start when another live process uses this worker id: its heartbeat (same
+    /// owner, another incarnation) changes within a lease duration. Meanwhile this worker's own
+    /// heartbeat is renewed, so that a process starting at the same moment sees this one too
+    /// (both refuse). Heartbeats of this id that stay unchanged are an earlier, dead run's:
+    /// removed, after which its leases are taken as leftovers. Returns the other heartbeat's
+    /// key when the id is taken.
+    pub(crate) async fn check_unique_id(&self) -> Result<Option<LeaseKey>, LeaseStoreError> {
+        let mine = self.heartbeat.lock().await.key.clone();
+        let items = match self.store.list().await {
+            Ok(items) => items,
+            // The take cycles check again (and never treat this id's leases as leftovers
+            // while another live heartbeat of it exists).
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot scan the lease table to check that this worker id is unique");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut twins: Vec<Lease> =
+            items.into_iter().filter(|l| l.key.is_heartbeat() && l.key != mine && l.is_owned_by(self.me())).collect();
+        if twins.is_empty() {
+            return Ok(None);
+        }
+        tracing::info!(worker = %self.me(), heartbeats = twins.len(),
+            "the lease table holds other heartbeats of this worker id; checking that none is alive");
+        let deadline = Instant::now() + self.config.lease_duration();
+        let mut next_renewal = Instant::now() + self.config.renew_interval();
+        while Instant::now() < deadline {
+            tokio::time::sleep(self.config.heartbeat_poll_interval).await;
+            if Instant::now() >= next_renewal {
+                self.renew_heartbeat().await;
+                next_renewal = Instant::now() + self.config.renew_interval();
+            }
+            for twin in &twins {
+                match self.store.get(&twin.key).await {
+                    Ok(Some(now)) if now.counter != twin.counter => return Ok(Some(twin.key.clone())),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "heartbeat read failed"),
+                }
+            }
+        }
+        for twin in twins.drain(..) {
+            if let Ok(LeaseUpdate::Applied(_)) = self.store.delete(&twin).await {
+                tracing::info!(heartbeat = %twin.key, "removed the heartbeat of an earlier run of this worker id");
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) fn me(&self) -> &WorkerId {
@@ -170,12 +229,36 @@ impl<S: LeaseStore> Coordinator<S> {
         self.forget(&held.key);
     }
 
-    /// One renewal round: heartbeat first, then every held lease.
-    pub(crate) async fn renew_all(&self) {
-        self.renew_heartbeat().await;
-        let held = self.held();
-        for chunk in held.chunks(WRITE_CONCURRENCY) {
-            futures::future::join_all(chunk.iter().map(|h| self.renew_one(h))).await;
+    /// Renews every held lease every `every`, forever: each tick queues the held leases
+    /// that are not already queued or in flight, and at most `max_concurrent_renewals` calls
+    /// run at once, the next starting as soon as any call answers (or times out).
+    pub(crate) async fn renew_leases(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self.config.max_concurrent_renewals;
+        let mut queue: VecDeque<Arc<HeldLease>> = VecDeque::new();
+        let mut queued: HashSet<LeaseKey> = HashSet::new();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < limit {
+                let Some(h) = queue.pop_front() else { break };
+                in_flight.push(async move {
+                    self.renew_one(&h).await;
+                    h.key.clone()
+                });
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    for h in self.held() {
+                        if queued.insert(h.key.clone()) {
+                            queue.push_back(h);
+                        }
+                    }
+                }
+                Some(key) = in_flight.next(), if !in_flight.is_empty() => {
+                    queued.remove(&key);
+                }
+            }
         }
     }
 
@@ -201,7 +284,8 @@ impl<S: LeaseStore> Coordinator<S> {
         }
     }
 
-    async fn renew_heartbeat(&self) {
+    /// Renews this worker's heartbeat (every lease is fenced on it).
+    pub(crate) async fn renew_heartbeat(&self) {
         let mut hb = self.heartbeat.lock().await;
         let sent = Instant::now();
         match self.store.renew(&hb).await {
@@ -312,8 +396,19 @@ impl<S: LeaseStore> Coordinator<S> {
             }
         }
         let mut dead: HashSet<WorkerId> = HashSet::new();
+        let mut twin = false;
         for item in items.iter().filter(|l| l.key.is_heartbeat() && l.key != my_heartbeat) {
             let Some(owner) = item.owner.clone() else { continue };
+            if &owner == self.me() && !expired_keys.contains_key(&item.key) {
+                // Another process with this id (it passed its start check while this one was
+                // paused): leases owned by this id are not leftovers then.
+                twin = true;
+                if !self.twin_reported.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::error!(worker = %owner, heartbeat = %item.key,
+                        "another live process uses this worker id; give every process its own worker id");
+                }
+                continue;
+            }
             // Judged by this heartbeat alone: a worker remembered as dead that registered a new
             // incarnation, or renewed the old one since, is alive.
             let judged_dead = dead_heartbeats_before.get(&item.key) == Some(&item.counter);
@@ -370,8 +465,8 @@ impl<S: LeaseStore> Coordinator<S> {
                 lease: l,
                 expired: match &l.owner {
                     None => false,
-                    // Left over from an earlier run of this worker id.
-                    Some(o) if o == me => true,
+                    // Left over from an earlier run of this worker id (none other is alive).
+                    Some(o) if o == me => !twin,
                     Some(o) => dead.contains(o) || expired_keys.contains_key(&l.key),
                 },
             })

@@ -176,18 +176,29 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
     }
 
     /// Runs until `token` is cancelled.
-    pub(crate) async fn run(self, mut ended: mpsc::UnboundedReceiver<ShardId>, token: CancellationToken) {
+    /// Every call it makes (a listing of many pages, a child lookup) is given up as soon as
+    /// `token` is cancelled.
+    pub(crate) async fn run(self, mut ended: mpsc::Receiver<ShardId>, token: CancellationToken) {
         let mut next_full = tokio::time::Instant::now() + self.config.shard_sync_interval;
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = tokio::time::sleep_until(next_full) => {
-                    if let Err(e) = self.full_sync().await {
+                    let synced = tokio::select! {
+                        r = self.full_sync() => r,
+                        _ = token.cancelled() => return,
+                    };
+                    if let Err(e) = synced {
                         tracing::warn!(error = %e, "shard listing failed; will retry");
                     }
                     next_full = tokio::time::Instant::now() + self.config.shard_sync_interval;
                 }
-                Some(parent) = ended.recv() => self.children_of(&parent, &token).await,
+                Some(parent) = ended.recv() => {
+                    tokio::select! {
+                        _ = self.children_of(&parent, &token) => {}
+                        _ = token.cancelled() => return,
+                    }
+                }
             }
         }
     }

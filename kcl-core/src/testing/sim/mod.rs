@@ -52,6 +52,7 @@ use builder::Settings;
 use faults::FaultTarget;
 use shards::State;
 
+use crate::checkpoint::SequenceNumber;
 use crate::shard::ShardId;
 use crate::source::{
     RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamSource,
@@ -262,6 +263,19 @@ impl StreamSimulator {
         Ok(())
     }
 
+    /// Makes the record at `seq` undecodable (or decodable again, with `None`): every read
+    /// whose answer holds it fails with [`SourceErrorKind::Undecodable`], as a client that
+    /// cannot parse a response fails the whole answer. With `Some(true)` the error names the
+    /// record ([`SourceError::undecodable_record`]) when it is the answer's first record; with
+    /// `Some(false)` it never does (a source that cannot tell which record it is).
+    pub fn make_undecodable(&self, seq: &SequenceNumber, named: Option<bool>) {
+        let mut state = self.lock();
+        match named {
+            Some(named) => state.undecodable.insert(seq.clone(), named),
+            None => state.undecodable.remove(seq),
+        };
+    }
+
     /// Drops every queued fault and error rate.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
@@ -326,6 +340,10 @@ impl StreamSource for StreamSimulator {
                 None => state.read(iterator, limit, now),
             };
             let (mut batch, shard) = result.map_err(|e| Self::failed(&mut state, e))?;
+            if let Some(error) = state.undecodable_in(&batch.records) {
+                state.release(shard);
+                return Err(Self::failed(&mut state, error));
+            }
             if state.stuck.contains(&shard) {
                 batch = RecordBatch { records: Vec::new(), next_iterator: Some(iterator.clone()) };
             }

@@ -154,6 +154,9 @@ pub(super) struct State {
     pub(super) stats: SimStats,
     /// Shards whose reads are stuck: no records, and the same iterator back.
     pub(super) stuck: HashSet<usize>,
+    /// Records a read cannot decode, and whether the error names them (see
+    /// `StreamSimulator::make_undecodable`).
+    pub(super) undecodable: HashMap<SequenceNumber, bool>,
 }
 
 impl State {
@@ -164,6 +167,7 @@ impl State {
         let mut state = Self {
             faults: Faults::new(settings.seed),
             stuck: HashSet::new(),
+            undecodable: HashMap::new(),
             settings,
             rng,
             id_key,
@@ -510,6 +514,25 @@ impl State {
         };
         self.shards[it.shard].in_flight += 1;
         Ok((RecordBatch { records, next_iterator }, it.shard))
+    }
+
+    /// The error of a read whose answer holds an undecodable record: like a client that
+    /// cannot parse a response, it fails the whole read, and names the answer's first record
+    /// (when that one is named), as a source reading the raw answer can.
+    pub(super) fn undecodable_in(&self, records: &[SimRecord]) -> Option<SourceError> {
+        let bad = records.iter().find(|r| self.undecodable.contains_key(&r.sequence_number))?;
+        let message = format!("simulator: cannot decode record {} of {}", bad.sequence_number, bad.shard_id);
+        let first = records.first()?;
+        Some(match self.undecodable.get(&first.sequence_number) {
+            Some(true) => SourceError::undecodable(
+                message,
+                crate::source::UndecodableRecord::new(
+                    first.sequence_number.clone(),
+                    format!("{{\"key\":{:?}}}", first.key),
+                ),
+            ),
+            _ => SourceError::new(SourceErrorKind::Undecodable, message),
+        })
     }
 
     /// The index of a shard, for [`Self::stuck`].
