@@ -5,19 +5,16 @@
 //! to the queue with its raw JSON, processes every other item and checkpoints past it.
 //! DynamoDB Local holds the tables and the stream, moto server the queue.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::local_sqs::MotoServer;
-use kcl_adapter::{
-    AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions,
-};
-use kcl_core::{
-    Batch, Checkpoint, Checkpointer, Config, LeaseStore, Metrics, ProcessorError, RecordProcessor, SequenceNumber,
-    ShardId, Worker,
-};
+use kcl_adapter::{AttributeValue, ChangeRecord, DynamoStreamsSource, SqsDeadLetterSink};
+use kcl_core::{Batch, Checkpointer, Config, Metrics, ProcessorError, RecordProcessor, SequenceNumber};
 use serde_json::{Value, json};
 
 const BEFORE: usize = 30;
@@ -71,8 +68,6 @@ async fn an_undecodable_record_is_dead_lettered_and_the_shard_goes_on() {
     let sink = SqsDeadLetterSink::new(sqs.clone(), queue_url.clone(), stream_arn.clone());
     let source = DynamoStreamsSource::from_stream_arn(local.streams_client(), stream_arn.clone());
     let lease_table = unique_name("undecodable-e2e-leases");
-    let store = DynamoLeaseStore::new(dynamodb.clone(), &lease_table);
-    store.ensure_table(&TableOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let config = Config::builder(&lease_table)
         .worker_id("undecodable-worker")
         .retry_backoff(Duration::from_millis(10), Duration::from_millis(200))
@@ -81,29 +76,11 @@ async fn an_undecodable_record_is_dead_lettered_and_the_shard_goes_on() {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap_or_else(|e| panic!("{e}"));
     let processor = Keys::default();
-    let factory = {
-        let p = processor.clone();
-        move |_: &ShardId| p.clone()
-    };
-    let worker = Worker::with_metrics(config, source, store, factory, metrics).with_dead_letter(sink);
-    let handle = worker.handle();
-    let task = tokio::spawn(worker.run());
-
     let processed = || processor.0.lock().unwrap_or_else(PoisonError::into_inner).len();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let status = handle.status();
-        if processed() == BEFORE + AFTER && status.records_dead_lettered >= 1 {
-            break;
-        }
-        assert!(!handle.is_finished(), "the worker stopped early: {status:?}");
-        assert!(Instant::now() < deadline, "not done after {DEADLINE:?}: {} processed; {status:?}", processed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run =
+        common::WorkerRun { dynamodb: dynamodb.clone(), source, config, processor: processor.clone(), metrics, sink };
+    let status = run.until(DEADLINE, |status| processed() == BEFORE + AFTER && status.records_dead_lettered >= 1).await;
     let consumed = started.elapsed();
-    let status = handle.status();
-    handle.shutdown(Duration::from_secs(20)).await;
-    task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
 
     // Every other item processed, the bad one not.
     let done = processor.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -115,10 +92,8 @@ async fn an_undecodable_record_is_dead_lettered_and_the_shard_goes_on() {
     assert_eq!(counter(&registry, "kcl_get_records_errors_total", Some("fatal")), 0.0);
 
     // Exactly one message: the bad record, with its raw JSON.
-    let received = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(10).send().await;
-    let messages = received.unwrap_or_else(|e| panic!("{e:?}")).messages.unwrap_or_default();
-    let [message] = &messages[..] else { panic!("want one message, got {messages:#?}") };
-    let m: Value = serde_json::from_str(message.body().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+    let messages = common::drain(&sqs, &queue_url).await;
+    let [m] = &messages[..] else { panic!("want one message, got {messages:#?}") };
     assert_eq!((&m["recordCount"], &m["records"], &m["streamArn"]), (&json!(1), &json!([]), &json!(stream_arn)));
     let error = m["error"].as_str().unwrap_or_default();
     assert!(error.contains("could not be decoded") && error.contains("NewImage.m"), "{error}");
@@ -131,14 +106,7 @@ async fn an_undecodable_record_is_dead_lettered_and_the_shard_goes_on() {
     assert_eq!(raw["dynamodb"]["SequenceNumber"], json!(seq.as_str()));
 
     // The checkpoint is past it.
-    let leases = DynamoLeaseStore::new(dynamodb, &lease_table).list().await.unwrap_or_else(|e| panic!("{e}"));
-    let shard = m["shardId"].as_str().unwrap_or_default();
-    let lease = leases.iter().find(|l| l.key.shard_id().is_some_and(|s| s.as_str() == shard));
-    let lease = lease.unwrap_or_else(|| panic!("no lease for shard {shard}: {leases:#?}"));
-    match &lease.checkpoint {
-        Checkpoint::At(at) => assert!(*at > seq, "checkpoint {at} is not past the undecodable record {seq}"),
-        other => panic!("checkpoint {other:?} is not past the undecodable record {seq}"),
-    }
+    common::lease_past(&dynamodb, &lease_table, m["shardId"].as_str().unwrap_or_default(), &seq).await;
     eprintln!(
         "undecodable record: {} items, consumed and dead-lettered by {consumed:.1?}, checked by {:.1?}; \
          {} undecodable reads",
