@@ -4,16 +4,18 @@
 //! described on [`SqsDeadLetterSink`]. Messages stay within the SQS size limit
 //! ([`DEFAULT_MAX_MESSAGE_BYTES`]): when the records with their images do not fit, only their
 //! keys and sequence numbers are sent, and the message says so; when even those do not fit,
-//! they are spread over several messages, each describing itself. No record is left out.
+//! they are spread over several messages, each describing itself. No record is left out. A
+//! record the stream source could not decode is one message holding its raw JSON text, cut
+//! to fit when needed.
 
 mod message;
 
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use kcl_core::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink};
 
-use crate::error::Failure;
+use crate::error::{Failure, describe};
 use crate::record::ChangeRecord;
 
 pub use message::MESSAGE_VERSION;
@@ -35,19 +37,25 @@ pub const MIN_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// | `version` | [`MESSAGE_VERSION`] |
 /// | `streamArn`, `shardId` | where the records come from |
 /// | `firstSequenceNumber`, `lastSequenceNumber` | the range of the whole dead letter |
-/// | `attempts` | `process_records` calls made for the records |
+/// | `attempts` | `process_records` calls made for the records (`0` for an undecodable record, which never reached the processor) |
 /// | `error` | the last error (at most 8 KiB of it) |
-/// | `recordCount` | records in the whole dead letter |
-/// | `truncated` | `true` when the records carry only their keys and sequence numbers |
+/// | `recordCount` | records in the whole dead letter (`1` for an undecodable record) |
+/// | `truncated` | `true` when the records carry only their keys and sequence numbers, or when `undecodableRecord.raw` is cut |
 /// | `truncatedReason` | why (present only when truncated) |
 /// | `part`, `parts` | this message's place when the letter is split (`1` of `1` otherwise) |
-/// | `records` | the records of this message, in order |
+/// | `records` | the records of this message, in order (`[]` for an undecodable record) |
+/// | `undecodableRecord` | present only for a record the stream source could not decode: `sequenceNumber`, and `raw`, the record's JSON text as received, as a string (cut, ending in `… [N more bytes cut]`, when `truncated`) |
 ///
 /// Records have the shape of a DynamoDB Streams record (as in a Lambda event): `eventID`,
 /// `eventName` and `dynamodb` with `Keys`, `NewImage`, `OldImage` (DynamoDB JSON such as
 /// `{"pk": {"S": "a"}}`), `SequenceNumber`, `ApproximateCreationDateTime` (epoch seconds),
 /// `SizeBytes`, `StreamViewType`. A truncated record has only `dynamodb.Keys` and
 /// `dynamodb.SequenceNumber`: read the item from the table by its key.
+///
+/// A record the source could not decode (a `GetRecords` answer the SDK could not parse; see
+/// [`DynamoStreamsSource`](crate::DynamoStreamsSource)) is one message with no `records` and
+/// an `undecodableRecord` instead: the record's JSON text as the stream sent it (it parses as
+/// JSON unless it was cut), holding what the SDK could not read. Handle both shapes.
 ///
 /// A FIFO queue (URL ending in `.fifo`) gets the shard id as message group, so a shard's dead
 /// letters stay in order, and a deduplication id derived from the records, so a letter sent
@@ -216,7 +224,9 @@ const TRANSIENT_CODES: &[&str] = &["InternalError", "InternalFailure", "ServiceU
 
 /// How an SQS failure is reported: a queue that does not exist, or credentials, permissions
 /// and KMS keys that refuse access, wait for someone to fix them; throttling, service faults,
-/// timeouts and broken connections pass; anything else is a request the queue refuses.
+/// timeouts, broken connections and success answers that could not be decoded (the message
+/// was most likely taken; sending it again at worst duplicates it) pass; anything else is a
+/// request the queue refuses.
 fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
     use DeadLetterErrorKind as K;
     match failure {
@@ -232,27 +242,8 @@ fn kind_of(failure: Failure<'_>) -> DeadLetterErrorKind {
                 _ => K::Rejected,
             },
         },
-        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } => K::Transient,
+        Failure::Timeout | Failure::Dispatch | Failure::Response { .. } | Failure::Undecodable { .. } => K::Transient,
         Failure::Construction => K::Rejected,
-    }
-}
-
-/// `Code: message (HTTP status)` for service errors, the cause chain otherwise.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let status = service.raw().status().as_u16();
-            match (e.code(), e.message().filter(|m| !m.is_empty())) {
-                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
-                (Some(code), None) => format!("{code} (HTTP {status})"),
-                (None, _) => format!("{} (HTTP {status})", DisplayErrorContext(err)),
-            }
-        }
-        other => DisplayErrorContext(other).to_string(),
     }
 }
 
@@ -284,7 +275,9 @@ mod tests {
             (Failure::Service { code: None, status: None }, K::Rejected),
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
-            (Failure::Response { status: Some(200) }, K::Transient),
+            (Failure::Response { status: Some(502) }, K::Transient),
+            (Failure::Undecodable { status: 200, complete: true }, K::Transient),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Rejected),
         ];
         for (failure, want) in cases {

@@ -23,10 +23,20 @@ pub(crate) enum Failure<'a> {
     Timeout,
     /// The request could not be sent or the connection broke.
     Dispatch,
-    /// An answer came but could not be understood (truncated body, proxy page).
+    /// An error answer came but could not be understood (a proxy page, a truncated body).
     Response {
         /// The HTTP status of the answer.
         status: Option<u16>,
+    },
+    /// A success answer (2xx) came but could not be decoded: a value this SDK cannot parse, a
+    /// body cut short or mangled on the way. The SDK reports a body it cannot parse as an
+    /// unhandled *service* error with the success status (no error code), and a body it could
+    /// not read to its end as a response error; both land here.
+    Undecodable {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// Whether the whole body arrived (it was parsed and failed), or its reading broke off.
+        complete: bool,
     },
     /// The request could not be built (a bug or a bad argument on our side).
     Construction,
@@ -36,6 +46,11 @@ impl<'a> Failure<'a> {
     /// Reduces an SDK error.
     pub(crate) fn of<E: ProvideErrorMetadata>(err: &'a SdkError<E, HttpResponse>) -> Self {
         let status = err.raw_response().map(|r| r.status().as_u16());
+        // Only service and response errors carry a response, so a success status means the
+        // answer arrived and was not understood.
+        if let Some(status) = status.filter(|s| (200..300).contains(s)) {
+            return Failure::Undecodable { status, complete: matches!(err, SdkError::ServiceError(_)) };
+        }
         match err {
             SdkError::ServiceError(service) => Failure::Service { code: service.err().code(), status },
             SdkError::TimeoutError(_) => Failure::Timeout,
@@ -110,6 +125,12 @@ fn class_of(failure: Failure<'_>) -> Class {
         Failure::Timeout | Failure::Dispatch => Class::Transient,
         Failure::Response { status: Some(429) } => Class::Throttled,
         Failure::Response { .. } => Class::Transient,
+        // As before this variant existed: a whole answer that cannot be parsed is unexpected, a
+        // body whose reading broke off a passing fault. Only a GetRecords answer is
+        // `Undecodable`, which the streams source decides itself (the consumer reads it again
+        // with smaller limits; no other call has a limit to lower).
+        Failure::Undecodable { complete: true, .. } => Class::Fatal,
+        Failure::Undecodable { complete: false, .. } => Class::Transient,
         Failure::Construction => Class::Fatal,
     }
 }
@@ -146,8 +167,9 @@ pub(crate) fn code_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) 
     }
 }
 
-/// A one-line description: `Code: message` for service errors, the cause chain otherwise.
-fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+/// A one-line description: `Code: message (HTTP status)` for service errors, the cause chain
+/// otherwise (also used by the SQS sink).
+pub(crate) fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -158,11 +180,24 @@ where
             match (e.code(), e.message().filter(|m| !m.is_empty())) {
                 (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
                 (Some(code), None) => format!("{code} (HTTP {status})"),
-                (None, _) => format!("{} (HTTP {status})", DisplayErrorContext(err)),
+                (None, _) => format!("{} (HTTP {status})", causes(err)),
             }
         }
         other => DisplayErrorContext(other).to_string(),
     }
+}
+
+/// The error and its causes, joined by `: ` (what `DisplayErrorContext` shows, without its
+/// debug dump of the error, which holds the whole response body).
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 /// Wraps an SDK error from the streams API, with `context` naming the call and its target.
@@ -219,8 +254,11 @@ mod tests {
             (Failure::Service { code: None, status: None }, K::Fatal),
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
-            (Failure::Response { status: Some(200) }, K::Transient),
+            (Failure::Response { status: Some(502) }, K::Transient),
             (Failure::Response { status: Some(429) }, K::Throttled),
+            // GetRecords makes these Undecodable itself (streams::undecodable).
+            (Failure::Undecodable { status: 200, complete: true }, K::Fatal),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -245,6 +283,8 @@ mod tests {
             (Failure::Timeout, K::Transient),
             (Failure::Dispatch, K::Transient),
             (Failure::Response { status: None }, K::Transient),
+            (Failure::Undecodable { status: 200, complete: true }, K::Fatal),
+            (Failure::Undecodable { status: 200, complete: false }, K::Transient),
             (Failure::Construction, K::Fatal),
         ];
         for (failure, want) in cases {
@@ -287,5 +327,33 @@ mod tests {
         // The empty message DynamoDB Local sends is left out rather than shown as ": ".
         assert_eq!(mapped.to_string(), "stream source: GetRecords on shard s: ExpiredIteratorException (HTTP 400)");
         assert!(std::error::Error::source(&mapped).is_some(), "the SDK error is kept as the source");
+    }
+
+    #[test]
+    fn success_answers_that_cannot_be_decoded_are_told_apart() {
+        use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
+        use aws_smithy_types::body::SdkBody;
+
+        let response = |status: u16, body: SdkBody| {
+            HttpResponse::new(status.try_into().unwrap_or_else(|e| panic!("{status} is a valid status: {e}")), body)
+        };
+        // What the SDK makes of a 200 body it cannot parse: an unhandled service error.
+        let unparsed: SdkError<GetRecordsError, HttpResponse> = SdkError::service_error(
+            GetRecordsError::unhandled("Union did not contain a valid variant."),
+            response(200, SdkBody::from("{}")),
+        );
+        // A 200 body that could not be read to its end; a 502 proxy page.
+        let cut: SdkError<GetRecordsError, HttpResponse> =
+            SdkError::response_error("connection closed before message completed", response(200, SdkBody::taken()));
+        let proxy: SdkError<GetRecordsError, HttpResponse> =
+            SdkError::response_error("expected start object", response(502, SdkBody::from("<html>")));
+        let cases = [
+            (&unparsed, Failure::Undecodable { status: 200, complete: true }),
+            (&cut, Failure::Undecodable { status: 200, complete: false }),
+            (&proxy, Failure::Response { status: Some(502) }),
+        ];
+        for (err, failure) in cases {
+            assert_eq!(Failure::of(err), failure, "{err:?}");
+        }
     }
 }

@@ -7,12 +7,15 @@
 //! - [`DynamoStreamsSource`] reads a stream (by ARN, or the latest stream of a table) and
 //!   delivers [`ChangeRecord`]s: event name, keys, old and new image, sequence number,
 //!   creation time, size, view type, TTL attribution, and typed decoding of keys and images
-//!   into your serde types.
+//!   into your serde types. An answer the SDK cannot parse is reported as
+//!   [`SourceErrorKind::Undecodable`](kcl_core::SourceErrorKind::Undecodable), naming the
+//!   record when it can (see [`streams::undecodable`]).
 //! - [`DynamoLeaseStore`] keeps leases in a table laid out as Java KCL's (`leaseKey`,
 //!   `leaseOwner`, `leaseCounter`, `checkpoint`, …), so a team moving from KCL with the
 //!   DynamoDB Streams adapter continues from its checkpoints. Every write is conditional.
-//! - [`SqsDeadLetterSink`] sends records whose retries are exhausted to an SQS queue, as the
-//!   core's [`DeadLetterSink`](kcl_core::DeadLetterSink).
+//! - [`SqsDeadLetterSink`] sends records whose retries are exhausted, and records the source
+//!   could not decode (with their raw JSON), to an SQS queue, as the core's
+//!   [`DeadLetterSink`](kcl_core::DeadLetterSink).
 //! - `local` (feature `local-emulator`) starts Amazon DynamoDB Local for tests, and
 //!   `local_sqs` moto server for SQS.
 //!
@@ -46,6 +49,7 @@ pub mod local;
 pub mod local_sqs;
 pub mod record;
 pub mod streams;
+mod text;
 
 pub use dead_letter_sqs::SqsDeadLetterSink;
 pub use lease_table::{BillingMode, DynamoLeaseStore, TableOptions};

@@ -5,7 +5,11 @@
 //! is empty, as it always is on DynamoDB Local, or the service rejects the filter), opens
 //! iterators of all four types and reads with `GetRecords`. Every service error is classified
 //! into a [`SourceErrorKind`] (see the crate's error module); the SDK error stays attached as
-//! the source.
+//! the source. A `GetRecords` answer that arrived but could not be decoded, or holds a record
+//! that cannot be placed in its shard, is [`SourceErrorKind::Undecodable`], naming the first
+//! record when the body shows it (see [`undecodable`]).
+
+pub mod undecodable;
 
 use std::collections::HashSet;
 
@@ -234,16 +238,43 @@ impl StreamSource for DynamoStreamsSource {
         }
         // `limit` ≤ 1000 fits in an i32.
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let out = self
-            .client
-            .get_records()
-            .shard_iterator(&iterator.0)
-            .limit(limit)
-            .send()
-            .await
-            .map_err(|e| source_error(&format!("GetRecords {iterator:?} of stream {}", self.stream_arn), e))?;
-        let records =
-            out.records.unwrap_or_default().into_iter().map(ChangeRecord::from_sdk).collect::<Result<Vec<_>, _>>()?;
+        let out = self.client.get_records().shard_iterator(&iterator.0).limit(limit).send().await;
+        let out = match out {
+            Ok(out) => out,
+            Err(err) => {
+                return Err(match Failure::of(&err) {
+                    // The whole iterator, so that the read can be repeated by hand while it lasts.
+                    Failure::Undecodable { status, .. } => {
+                        let context = format!(
+                            "GetRecords (limit {limit}) of stream {} at iterator {}",
+                            self.stream_arn, iterator.0
+                        );
+                        undecodable::error(&context, status, err)
+                    }
+                    _ => source_error(&format!("GetRecords {iterator:?} of stream {}", self.stream_arn), err),
+                });
+            }
+        };
+        let sdk_records = out.records.unwrap_or_default();
+        let total = sdk_records.len();
+        let mut records = Vec::with_capacity(total);
+        for (i, record) in sdk_records.into_iter().enumerate() {
+            match ChangeRecord::from_sdk(record) {
+                Ok(record) => records.push(record),
+                Err(why) => {
+                    let after = records
+                        .last()
+                        .map(|r: &ChangeRecord| format!(", after sequence number {}", r.sequence_number()))
+                        .unwrap_or_default();
+                    let message = format!(
+                        "GetRecords (limit {limit}) {iterator:?} of stream {}: record {} of {total}{after}: {why}",
+                        self.stream_arn,
+                        i + 1
+                    );
+                    return Err(SourceError::new(SourceErrorKind::Undecodable, message));
+                }
+            }
+        }
         Ok(RecordBatch { records, next_iterator: out.next_shard_iterator.map(ShardIterator) })
     }
 }

@@ -1,6 +1,8 @@
 //! [`SqsDeadLetterSink`] against SQS as emulated by moto server: what lands in the queue,
-//! truncation and splitting of large letters, FIFO deduplication, and the errors for a queue
-//! that does not exist or takes too small messages.
+//! truncation and splitting of large letters, undecodable records with their raw JSON, FIFO
+//! deduplication, and the errors for a queue that does not exist or takes too small messages.
+
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -9,7 +11,7 @@ use kcl_adapter::dead_letter_sqs::DEFAULT_MAX_MESSAGE_BYTES;
 use kcl_adapter::local::unique_name;
 use kcl_adapter::local_sqs::MotoServer;
 use kcl_adapter::{AttributeValue, ChangeRecord, EventName, Item, SqsDeadLetterSink, StreamViewType};
-use kcl_core::{DeadLetter, DeadLetterErrorKind, DeadLetterSink, SequenceNumber, ShardId};
+use kcl_core::{DeadLetter, DeadLetterErrorKind, DeadLetterSink, SequenceNumber, ShardId, UndecodableRecord};
 use serde_json::{Value, json};
 
 const STREAM_ARN: &str = "arn:aws:dynamodb:us-east-1:000000000000:table/orders/stream/2026-01-01T00:00:00.000";
@@ -49,27 +51,7 @@ async fn sink_for_new_queue(prefix: &str) -> SqsDeadLetterSink {
 
 /// Every message in the queue, parsed (bodies also returned, for their sizes).
 async fn drain(queue_url: &str) -> Vec<(String, Value)> {
-    let sqs = MotoServer::shared().sqs_client();
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
-            let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
-            out.push((body, value));
-        }
-    }
+    common::drain_bodies(&MotoServer::shared().sqs_client(), queue_url).await
 }
 
 fn seqs(message: &Value) -> Vec<String> {
@@ -162,6 +144,74 @@ async fn a_letter_whose_keys_do_not_fit_is_split_and_none_is_lost() {
     }
     let want: Vec<String> = records.iter().map(|r| r.sequence_number().as_str().to_owned()).collect();
     assert_eq!(all, want, "every record exactly once, in order");
+}
+
+/// As DynamoDB Local sends a record with an empty map (the SDK cannot parse `"m":{}`).
+fn undecodable_record(payload: usize) -> UndecodableRecord {
+    let seq = SequenceNumber::parse("000000000000000000077").unwrap_or_else(|e| panic!("{e}"));
+    let raw = format!(
+        r#"{{"eventID":"e-77","eventName":"INSERT","dynamodb":{{"Keys":{{"pk":{{"S":"order#77"}}}},"NewImage":{{"pk":{{"S":"order#77"}},"m":{{}},"data":{{"S":"{}"}}}},"SequenceNumber":"000000000000000000077"}}}}"#,
+        "\\\"quoted\\\" \u{FFFF}".repeat(payload)
+    );
+    UndecodableRecord::new(seq, raw)
+}
+
+#[tokio::test]
+async fn an_undecodable_record_lands_with_its_raw_json() {
+    let sink = sink_for_new_queue("dlq-undecodable").await;
+    let record = undecodable_record(2);
+    let shard = shard();
+    let letter: DeadLetter<'_, ChangeRecord> =
+        DeadLetter::for_undecodable(&shard, &record, "GetRecords: Union did not contain a valid variant.");
+    sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let messages = drain(sink.queue_url()).await;
+    assert_eq!(messages.len(), 1);
+    let m = &messages[0].1;
+    let want = json!({
+        "version": 1,
+        "streamArn": STREAM_ARN,
+        "shardId": shard.as_str(),
+        "firstSequenceNumber": "000000000000000000077",
+        "lastSequenceNumber": "000000000000000000077",
+        "attempts": 0,
+        "error": "GetRecords: Union did not contain a valid variant.",
+        "recordCount": 1,
+        "truncated": false,
+        "part": 1,
+        "parts": 1,
+        "records": [],
+        "undecodableRecord": {"sequenceNumber": "000000000000000000077", "raw": record.raw},
+    });
+    assert_eq!(m, &want);
+    // The raw text is the record as sent, U+FFFF included (escaped on the way, as SQS wants).
+    let raw: Value = serde_json::from_str(m["undecodableRecord"]["raw"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(raw["dynamodb"]["NewImage"]["m"], json!({}));
+    assert_eq!(raw["dynamodb"]["NewImage"]["data"]["S"], json!("\"quoted\" \u{FFFF}\"quoted\" \u{FFFF}"));
+}
+
+#[tokio::test]
+async fn an_undecodable_record_too_big_for_a_message_is_cut_and_flagged() {
+    let limit = 16 * 1024;
+    let sink = sink_for_new_queue("dlq-undecodable-big").await.with_max_message_bytes(limit);
+    let record = undecodable_record(5_000);
+    let shard = shard();
+    let letter: DeadLetter<'_, ChangeRecord> = DeadLetter::for_undecodable(&shard, &record, "cannot parse");
+    sink.send(&letter).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let messages = drain(sink.queue_url()).await;
+    assert_eq!(messages.len(), 1);
+    let (body, m) = &messages[0];
+    assert!(body.len() <= limit && body.len() > limit - 200, "{} bytes for a {limit}-byte limit", body.len());
+    assert_eq!(m["truncated"], json!(true));
+    let reason = m["truncatedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("({} bytes) is cut to fit the {limit}-byte", record.raw.len())), "{reason}");
+    let raw = m["undecodableRecord"]["raw"].as_str().unwrap_or_default();
+    let (kept, cut) = raw.rsplit_once('…').unwrap_or_else(|| panic!("no cut mark: {raw}"));
+    assert!(record.raw.starts_with(kept) && cut.ends_with(" more bytes cut]"), "{cut}");
+    assert_eq!(m["recordCount"], json!(1));
+    assert_eq!(m["undecodableRecord"]["sequenceNumber"], json!("000000000000000000077"));
 }
 
 #[tokio::test]

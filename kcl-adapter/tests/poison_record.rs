@@ -4,6 +4,8 @@
 //! checkpoint moves past the poison record. DynamoDB Local holds the table, its stream and the
 //! lease table; moto server the queue.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,15 +13,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::local_sqs::MotoServer;
-use kcl_adapter::{
-    AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions,
-};
-use kcl_core::{
-    Batch, Checkpoint, Checkpointer, Config, LeaseStore, Metrics, ProcessorError, RecordProcessor, SequenceNumber,
-    ShardId, Worker,
-};
+use kcl_adapter::{AttributeValue, ChangeRecord, DynamoStreamsSource, SqsDeadLetterSink};
+use kcl_core::{Batch, Checkpointer, Config, Metrics, ProcessorError, RecordProcessor, SequenceNumber};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const ITEMS: usize = 10_000;
 /// The item whose `quantity` is a string instead of a number.
@@ -100,29 +97,6 @@ async fn write_items(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
     }
 }
 
-/// Every message in the queue, parsed.
-async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
-            out.push(serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processed() {
     let started = Instant::now();
@@ -141,8 +115,6 @@ async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processe
     sink.verify().await.unwrap_or_else(|e| panic!("{e}"));
     let source = DynamoStreamsSource::from_stream_arn(local.streams_client(), stream_arn);
     let lease_table = unique_name("orders-consumer");
-    let store = DynamoLeaseStore::new(dynamodb.clone(), &lease_table);
-    store.ensure_table(&TableOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
     let config = Config::builder(&lease_table)
         .worker_id("poison-worker")
         .max_retry_attempts(1)
@@ -151,32 +123,15 @@ async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processe
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let processor = Decoding::default();
-    let factory = {
-        let p = processor.clone();
-        move |_: &ShardId| p.clone()
-    };
-    let worker = Worker::with_metrics(config, source, store, factory, Metrics::unregistered()).with_dead_letter(sink);
-    let handle = worker.handle();
-    let task = tokio::spawn(worker.run());
-
     let processed = || processor.processed.lock().unwrap_or_else(PoisonError::into_inner).len();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let status = handle.status();
-        if processed() == ITEMS - 1 && status.records_dead_lettered >= 1 {
-            break;
-        }
-        assert!(!handle.is_finished(), "the worker stopped early: {status:?}");
-        assert!(Instant::now() < deadline, "not done after {DEADLINE:?}: {} processed; {status:?}", processed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let metrics = Metrics::unregistered();
+    let run =
+        common::WorkerRun { dynamodb: dynamodb.clone(), source, config, processor: processor.clone(), metrics, sink };
+    let status = run.until(DEADLINE, |status| processed() == ITEMS - 1 && status.records_dead_lettered >= 1).await;
     let consumed = started.elapsed();
-    let status = handle.status();
-    handle.shutdown(Duration::from_secs(20)).await;
-    task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
 
     // Exactly one message, holding exactly the poison record.
-    let messages = drain(&sqs, &queue_url).await;
+    let messages = common::drain(&sqs, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:#?}");
     let message = &messages[0];
     assert_eq!(message["recordCount"], json!(1), "{message:#}");
@@ -201,22 +156,13 @@ async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processe
     assert_eq!(done, want);
 
     // The checkpoint of the poison record's shard is past it.
-    let shard = message["shardId"].as_str().unwrap_or_default().to_owned();
-    let leases = DynamoLeaseStore::new(dynamodb, &lease_table).list().await.unwrap_or_else(|e| panic!("{e}"));
-    let lease = leases
-        .iter()
-        .find(|l| l.key.shard_id().is_some_and(|s| s.as_str() == shard))
-        .unwrap_or_else(|| panic!("no lease for shard {shard}: {leases:#?}"));
-    match &lease.checkpoint {
-        Checkpoint::At(seq) => assert!(*seq > poison_seq, "checkpoint {seq} is not past the poison {poison_seq}"),
-        Checkpoint::ShardEnd => {}
-        other => panic!("checkpoint {other:?} is not past the poison {poison_seq}"),
-    }
+    let shard = message["shardId"].as_str().unwrap_or_default();
+    let (lease, shard_leases) = common::lease_past(&dynamodb, &lease_table, shard, &poison_seq).await;
     eprintln!(
         "poison record: {ITEMS} items written in {written:.1?}, consumed by {consumed:.1?}, checked by {:.1?}; \
          {} shard lease(s), checkpoint {:?}, poison at {poison_seq}",
         started.elapsed(),
-        leases.iter().filter(|l| !l.key.is_heartbeat()).count(),
+        shard_leases,
         lease.checkpoint
     );
 }

@@ -15,6 +15,8 @@ use serde_json::value::RawValue;
 
 use crate::record::{AttributeValue, ChangeRecord, Item};
 
+mod undecodable;
+
 /// The `version` field of every message; raised when the format changes incompatibly.
 pub const MESSAGE_VERSION: u32 = 1;
 
@@ -32,7 +34,7 @@ pub(super) struct Body {
 }
 
 /// The envelope around the records; see the table on `SqsDeadLetterSink`.
-#[derive(Serialize)]
+#[derive(Clone, Copy, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
     version: u32,
@@ -49,17 +51,20 @@ struct Envelope<'a> {
     part: usize,
     parts: usize,
     records: &'a [Box<RawValue>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undecodable_record: Option<undecodable::RecordJson<'a>>,
 }
 
 /// Encodes `letter` into message bodies of at most `limit` bytes each: one message with the
 /// full records when they fit; else one with their keys and sequence numbers; else those
 /// spread over several messages. Fails only when a single record's keys do not fit at all.
+/// A letter for an undecodable record is one message (see [`undecodable`]).
 pub(super) fn encode(
     stream_arn: &str,
     letter: &DeadLetter<'_, ChangeRecord>,
     limit: usize,
 ) -> Result<Vec<Body>, String> {
-    let (Some(first), Some(last)) = (letter.records.first(), letter.records.last()) else {
+    let (Some(first), Some(last)) = (letter.first_sequence_number(), letter.last_sequence_number()) else {
         return Ok(Vec::new());
     };
     let stream_arn = xml_safe(stream_arn);
@@ -69,8 +74,8 @@ pub(super) fn encode(
         version: MESSAGE_VERSION,
         stream_arn: &stream_arn,
         shard_id: &shard_id,
-        first_sequence_number: first.sequence_number().as_str(),
-        last_sequence_number: last.sequence_number().as_str(),
+        first_sequence_number: first.as_str(),
+        last_sequence_number: last.as_str(),
         attempts: letter.attempts,
         error: &error,
         record_count: letter.records.len(),
@@ -79,10 +84,16 @@ pub(super) fn encode(
         part: 1,
         parts: 1,
         records: &[],
+        undecodable_record: None,
     };
     let source = fnv1a(&[stream_arn.as_bytes(), b"\n", shard_id.as_bytes()]);
     let range = fnv1a(&[envelope.first_sequence_number.as_bytes(), b"\n", envelope.last_sequence_number.as_bytes()]);
     let dedup = |part: usize| format!("{source:016x}-{range:016x}-{part}");
+    if letter.records.is_empty() {
+        let Some(record) = letter.undecodable else { return Ok(Vec::new()) };
+        let json = undecodable::encode(envelope, record, limit)?;
+        return Ok(vec![Body { json, dedup_id: dedup(1) }]);
+    }
 
     let full = pieces(letter.records, Shape::Full)?;
     envelope.records = &full;
@@ -257,15 +268,7 @@ impl Serialize for ValueJson<'_> {
 /// `s` cut to at most `max` bytes at a character boundary, saying how much was cut, with the
 /// characters SQS refuses replaced.
 fn clip(s: &str, max: usize) -> String {
-    let s = xml_safe(s);
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [{} more bytes cut]", &s[..end], s.len() - end)
+    crate::text::clip(&xml_safe(s), max).into_owned()
 }
 
 /// Replaces U+FFFE and U+FFFF, which SQS refuses in a message body, with U+FFFD.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::types as streams;
-use kcl_core::{SequenceNumber, SourceError, SourceErrorKind, StreamRecord};
+use kcl_core::{SequenceNumber, StreamRecord};
 use serde::de::DeserializeOwned;
 
 pub use aws_sdk_dynamodb::types::AttributeValue;
@@ -232,19 +232,15 @@ impl ChangeRecord {
         format!("record {} ({} at sequence number {})", self.event_id, self.event_name, self.sequence_number)
     }
 
-    /// Converts a record from the streams API.
-    pub(crate) fn from_sdk(record: streams::Record) -> Result<Self, SourceError> {
+    /// Converts a record from the streams API; the error says why a record cannot be placed
+    /// in its shard (no sequence number, or an invalid one).
+    pub(crate) fn from_sdk(record: streams::Record) -> Result<Self, String> {
         let event_id = record.event_id.unwrap_or_default();
-        let malformed = |what: &str| {
-            SourceError::new(
-                SourceErrorKind::Fatal,
-                format!("GetRecords returned record {event_id:?} without {what}; cannot place it in its shard"),
-            )
-        };
-        let Some(change) = record.dynamodb else { return Err(malformed("a `dynamodb` section")) };
-        let Some(seq) = change.sequence_number else { return Err(malformed("dynamodb.SequenceNumber")) };
+        let malformed = |what: &str| format!("record {event_id:?} has {what}; cannot place it in its shard");
+        let Some(change) = record.dynamodb else { return Err(malformed("no `dynamodb` section")) };
+        let Some(seq) = change.sequence_number else { return Err(malformed("no dynamodb.SequenceNumber")) };
         let sequence_number =
-            SequenceNumber::parse(&seq).map_err(|e| malformed(&format!("a valid sequence number ({e})")))?;
+            SequenceNumber::parse(&seq).map_err(|e| malformed(&format!("an invalid sequence number ({e})")))?;
         let event_name =
             record.event_name.as_ref().map_or(EventName::Unknown(String::new()), |n| EventName::parse(n.as_str()));
         let mut converted =
@@ -555,7 +551,12 @@ mod tests {
             Err(e) => e,
             Ok(r) => panic!("converted {r:?}"),
         };
-        assert_eq!(err.kind(), SourceErrorKind::Fatal);
-        assert!(err.to_string().contains("\"e2\""), "{err}");
+        assert!(err.contains("\"e2\"") && err.contains("no `dynamodb` section"), "{err}");
+        let bad = streams::Record::builder()
+            .event_id("e3")
+            .dynamodb(streams::StreamRecord::builder().sequence_number("12x").build())
+            .build();
+        let err = ChangeRecord::from_sdk(bad).err().unwrap_or_else(|| panic!("converted a bad sequence number"));
+        assert!(err.contains("\"e3\"") && err.contains("invalid sequence number") && err.contains("12x"), "{err}");
     }
 }
