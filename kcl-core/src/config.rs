@@ -74,9 +74,10 @@ pub const DEFAULT_MIN_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 pub const DEFAULT_SOURCE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for [`ConfigBuilder::max_concurrent_renewals`]: lease renewals in flight at once.
 /// Renewals are small and answer in milliseconds, so few are in flight normally; the bound
-/// matters when the lease table is slow: at 2 s a call, 4,096 renew 10,000 leases every 4.9 s,
-/// inside the fencing window of the default lease duration (8 s).
-pub const DEFAULT_MAX_CONCURRENT_RENEWALS: usize = 4096;
+/// matters when the lease table is slow: at 2 s a call, 8,192 renew 10,000 leases every 4 s,
+/// so that each is renewed well inside the fencing window of the default lease duration (8 s
+/// from the send of its last successful renewal).
+pub const DEFAULT_MAX_CONCURRENT_RENEWALS: usize = 8192;
 /// Records per read allowed by DynamoDB Streams.
 pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
 

@@ -420,7 +420,12 @@ async fn heartbeat_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: 
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tick.tick() => coordinator.renew_heartbeat().await,
+            _ = tick.tick() => {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = coordinator.renew_heartbeat() => {}
+                }
+            }
         }
     }
 }

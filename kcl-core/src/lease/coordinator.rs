@@ -2,18 +2,19 @@
 //!
 //! - **Heartbeat**: one item per running worker, renewed with the leases. Every held lease is
 //!   fenced on it, so a worker whose heartbeat stopped changing has stopped delivering.
-//! - **Renewer**: every lease duration / 3, renews the heartbeat (on its own timer, never
-//!   behind lease renewals) and every held lease (conditional on owner and counter), at most
-//!   `max_concurrent_renewals` calls at once, a new one starting as soon as any answers. A
-//!   lease whose renewal is still in flight is not queued again. A lost race marks the lease
-//!   lost at once.
+//! - **Renewer**: renews the heartbeat every lease duration / 3 on its own timer (never
+//!   behind lease renewals), and each held lease a third of the lease duration after its last
+//!   renewal was sent (conditional on owner and counter), at most `max_concurrent_renewals`
+//!   calls at once, the next due lease starting as soon as any call answers. A lost race marks
+//!   the lease lost at once.
 //! - **Taker**: once per take interval, scans the table, judges expiry by the local monotonic
 //!   clock (a counter unchanged for a whole lease duration, as observed here) and takes or
 //!   steals per [`plan_takes`]. Between scans it reads only the other workers' heartbeats
 //!   (one small read each); when one has stopped changing for a lease duration, that worker's
 //!   leases are taken at once, so failover needs about one lease duration.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -229,35 +230,63 @@ impl<S: LeaseStore> Coordinator<S> {
         self.forget(&held.key);
     }
 
-    /// Renews every held lease every `every`, forever: each tick queues the held leases
-    /// that are not already queued or in flight, and at most `max_concurrent_renewals` calls
-    /// run at once, the next starting as soon as any call answers (or times out).
+    /// Renews every held lease `every` after its last renewal was sent, forever. At most
+    /// `max_concurrent_renewals` calls run at once, the next due lease starting as soon as
+    /// any call answers (or times out): a slow or silent call delays only its own lease.
+    /// When the table is too slow to keep up, leases are renewed in turn (oldest due first).
     pub(crate) async fn renew_leases(&self, every: Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let limit = self.config.max_concurrent_renewals;
-        let mut queue: VecDeque<Arc<HeldLease>> = VecDeque::new();
-        let mut queued: HashSet<LeaseKey> = HashSet::new();
+        // Due renewals, earliest first; `known` holds every lease that is due or in flight.
+        let mut due: BinaryHeap<Reverse<(Instant, u64, LeaseKey)>> = BinaryHeap::new();
+        let mut known: HashMap<LeaseKey, Arc<HeldLease>> = HashMap::new();
+        let mut order = 0u64;
         let mut in_flight = FuturesUnordered::new();
+        // New leases are picked up this often (a taken lease was just written: not urgent).
+        let mut discover = tokio::time::interval(every / 4);
+        discover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now = Instant::now();
             while in_flight.len() < limit {
-                let Some(h) = queue.pop_front() else { break };
+                let Some(Reverse((at, _, key))) = due.peek().cloned() else { break };
+                if at > now {
+                    break;
+                }
+                due.pop();
+                let Some(h) = known.get(&key).cloned() else { continue };
                 in_flight.push(async move {
+                    let sent = Instant::now();
                     self.renew_one(&h).await;
-                    h.key.clone()
+                    (h, sent)
                 });
             }
+            let next_due = due.peek().map(|Reverse((at, _, _))| *at).filter(|_| in_flight.len() < limit);
             tokio::select! {
-                _ = tick.tick() => {
-                    for h in self.held() {
-                        if queued.insert(h.key.clone()) {
-                            queue.push_back(h);
+                _ = discover.tick() => {
+                    let held = self.held();
+                    let current: HashSet<&LeaseKey> = held.iter().map(|h| &h.key).collect();
+                    known.retain(|k, _| current.contains(k));
+                    for h in &held {
+                        if !known.contains_key(&h.key) {
+                            known.insert(h.key.clone(), h.clone());
+                            order += 1;
+                            due.push(Reverse((Instant::now() + every, order, h.key.clone())));
                         }
                     }
                 }
-                Some(key) = in_flight.next(), if !in_flight.is_empty() => {
-                    queued.remove(&key);
+                Some((h, sent)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if h.is_lost() {
+                        known.remove(&h.key);
+                    } else if known.contains_key(&h.key) {
+                        order += 1;
+                        due.push(Reverse((sent + every, order, h.key.clone())));
+                    }
                 }
+                _ = async {
+                    match next_due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }
