@@ -269,7 +269,8 @@ impl<S: LeaseStore> Coordinator<S> {
                         if !known.contains_key(&h.key) {
                             known.insert(h.key.clone(), h.clone());
                             order += 1;
-                            due.push(Reverse((Instant::now() + every, order, h.key.clone())));
+                            // Its take was its first renewal.
+                            due.push(Reverse((h.renewed_at() + every, order, h.key.clone())));
                         }
                     }
                 }

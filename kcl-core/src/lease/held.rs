@@ -72,6 +72,11 @@ impl HeldLease {
         self.lease.lock().await
     }
 
+    /// Send time of the last successful renewal (or the take).
+    pub(crate) fn renewed_at(&self) -> Instant {
+        *self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn renewed(&self, sent_at: Instant) {
         let mut at = self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
         *at = (*at).max(sent_at);
