@@ -12,9 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{ChangeRecord, EventName, Item};
 use kcl_core::SequenceNumber;
-use kcl_examples::worker::replicate::{
-    Applied, DELETED_ATTRIBUTE, ReplicateError, Replicator, SEQ_ATTRIBUTE, padded_sequence,
-};
+use kcl_worker::replicate::{Applied, DELETED_ATTRIBUTE, ReplicateError, Replicator, SEQ_ATTRIBUTE, padded_sequence};
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
