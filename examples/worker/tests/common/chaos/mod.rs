@@ -307,7 +307,7 @@ pub(crate) fn process_state(pid: u32) -> Option<char> {
 
 /// Waits until the process is stopped (SIGSTOP delivered to every thread).
 pub(crate) async fn wait_stopped(pid: u32) {
-    eventually(&format!("process {pid} to stop"), Duration::from_secs(5), Duration::from_millis(2), || async move {
+    eventually(&format!("process {pid} to stop"), Duration::from_secs(30), Duration::from_millis(2), || async move {
         (process_state(pid) == Some('T')).then_some(())
     })
     .await;
