@@ -18,7 +18,11 @@
 //!   printed), and the SIGTERM'd worker released its leases (no successor logged taking one from
 //!   it as expired; the handoff time is printed);
 //! - at the end every unfinished lease is held by a live worker and spread evenly (DynamoDB Local has one
-//!   open shard per stream, so this is one active lease among the two live workers).
+//!   open shard per stream, so this is one active lease among the two live workers);
+//! - least privilege: the workers reach DynamoDB Local through a counting proxy
+//!   ([`common::proxy`]), and the operations they called are exactly what `deploy/iam-policy.json`
+//!   and the ECS template's task role grant a jsonl worker given `--table`, each on its own
+//!   resource ([`common::iam`]).
 //!
 //! The measured failover time and handoff gap are printed (`cargo test -- --nocapture`). The
 //! outputs and worker logs are kept after a failure, or always with `FLEET_KEEP_OUTPUT=1`.
@@ -34,8 +38,10 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::chaos::wall_nanos;
+use common::iam::{Names, calls_of, grant_of, judge_deploy_policies};
 use common::leases::{expired_takes_from, holders_in, logged_takes, moved, shard_leases, unfinished_of};
 use common::outputs::{Label, Outputs, TenureEnd, check_duplicates, seen};
+use common::proxy::Proxy;
 use common::{WorkerProcess, eventually, http_get, start_emulator};
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::unique_name;
@@ -57,6 +63,9 @@ const LEASE_DURATION: Duration = Duration::from_secs(10);
 /// a graceful handoff less: both are printed, and the benchmark judges the failover time in
 /// simulated time); the bound is generous for a cold, loaded CI machine.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(50);
+/// The statements of deploy/iam-policy.json this test's calls justify (tests/common/iam.rs).
+const FLEET_STATEMENTS: &[&str] =
+    &["ReadSourceStream", "ResolveStreamFromTableName", "LeaseTable", "CreateLeaseTableOptional"];
 /// How long the workers may take to process every change once the writes are done.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
 /// The processors wait this long between writing a batch and checkpointing it, like a
@@ -286,10 +295,13 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     let table = unique_name("fleet");
     local.create_stream_table(&table).await;
     let app = unique_name("fleet-app");
+    // The workers reach DynamoDB Local through a counting proxy: the operations they call are
+    // judged against the IAM policy at the end.
+    let proxy = Proxy::start(([127, 0, 0, 1], local.port()).into()).await;
     let dir = tempfile::Builder::new().prefix("kcl-fleet-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut fleet = Fleet {
         dir,
-        endpoint: local.endpoint(),
+        endpoint: proxy.url(),
         table: table.clone(),
         app: app.clone(),
         workers: BTreeMap::new(),
@@ -451,6 +463,25 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
         handovers.push(format!("{:.2} s", Duration::from_nanos(child_first - parent_last).as_secs_f64()));
     }
     println!("fleet: parent's last record → child's first record after each rollover: {handovers:?}");
+
+    // Least privilege: what the workers called is exactly what the policy's statements for a
+    // jsonl worker given --table grant, each on its own resource.
+    let stats = proxy.stats();
+    assert!(stats.unreadable.is_empty(), "requests the proxy could not read: {:?}", stats.unreadable);
+    let names = Names { source: table.clone(), lease: app.clone(), ..Names::default() };
+    let calls = calls_of(stats.requests.keys(), &names);
+    let mut per_action: BTreeMap<String, usize> = BTreeMap::new();
+    for (request, n) in &stats.requests {
+        let (action, resource) = grant_of(request, &names);
+        *per_action.entry(format!("{action} on {resource:?}")).or_default() += n;
+    }
+    println!("fleet: operations the workers called (through the counting proxy): {per_action:?}");
+    let problems = judge_deploy_policies(&calls, FLEET_STATEMENTS);
+    assert!(
+        problems.is_empty(),
+        "the IAM policy does not match what the workers call:\n  - {}",
+        problems.join("\n  - ")
+    );
 
     let failover_data = first_record_after(&outputs, &victim_held, &victim_id, killed_wall);
     let handoff_data = first_record_after(&outputs, &leaver_held, &leaver_id, terminated_wall);

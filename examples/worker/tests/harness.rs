@@ -14,8 +14,10 @@ use kcl_core::{Checkpoint, Lease, LeaseKey, SequenceNumber, ShardId, WorkerId};
 use common::chaos::{
     Dump, DumpRecord, LeaseImage, LeaseWrite, Line, LineKind, Pause, WorkerFile, lease_stream_problems, pause_problems,
 };
+use common::iam::{Names, Resource, deploy_policies, grant_of, judge_policy};
 use common::leases::{expired_takes_from, has_moved, holders_in, log_time, logged_takes, unfinished_of};
 use common::outputs::Label;
+use common::sniff::Sniffer;
 
 fn seq(n: u128) -> SequenceNumber {
     SequenceNumber::from_u128(n)
@@ -185,4 +187,70 @@ fn a_graceful_stop_must_not_wait_for_expiry() {
     let after = log_time("2026-11-25T03:55:38.5Z").unwrap_or_default();
     assert!(expired_takes_from(&takes, "w1", &held, after).is_empty());
     assert!(expired_takes_from(&takes, "w1", &held[..1], since).is_empty());
+}
+
+/// What a jsonl worker given `--table` calls (as fleet_processes records it).
+fn fleet_calls() -> BTreeSet<(String, Resource)> {
+    let stream =
+        ["DescribeStream", "GetShardIterator", "GetRecords"].map(|a| (format!("dynamodb:{a}"), Resource::Stream));
+    let lease = ["DescribeTable", "CreateTable", "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Scan"]
+        .map(|a| (format!("dynamodb:{a}"), Resource::LeaseTable));
+    stream.into_iter().chain(lease).chain([("dynamodb:DescribeTable".to_owned(), Resource::SourceTable)]).collect()
+}
+
+const FLEET: &[&str] = &["ReadSourceStream", "ResolveStreamFromTableName", "LeaseTable", "CreateLeaseTableOptional"];
+
+#[test]
+fn the_policy_check_catches_extra_and_missing_grants() {
+    let (json, _) = deploy_policies();
+    assert_eq!(judge_policy("policy", &json, &fleet_calls(), FLEET), Vec::<String>::new());
+    // ListStreams granted on the stream: the worker never calls it.
+    let mut extra = json.clone();
+    extra.iter_mut().filter(|s| s.sid == "ReadSourceStream").for_each(|s| {
+        s.actions.insert("dynamodb:ListStreams".to_owned());
+    });
+    let problems = judge_policy("policy", &extra, &fleet_calls(), FLEET);
+    assert!(problems.len() == 1 && problems[0].contains("dynamodb:ListStreams"), "{problems:?}");
+    // GetItem on the lease table no longer granted, but called.
+    let mut missing = json.clone();
+    missing.iter_mut().filter(|s| s.sid == "LeaseTable").for_each(|s| {
+        s.actions.remove("dynamodb:GetItem");
+    });
+    let problems = judge_policy("policy", &missing, &fleet_calls(), FLEET);
+    assert!(problems.len() == 1 && problems[0].contains("calls dynamodb:GetItem on LeaseTable"), "{problems:?}");
+    // A grant on `*`, and a table action on the wrong table.
+    let mut wide = json.clone();
+    wide.iter_mut().filter(|s| s.sid == "LeaseTable").for_each(|s| s.resources = vec!["*".to_owned()]);
+    let problems = judge_policy("policy", &wide, &fleet_calls(), FLEET);
+    assert!(problems.iter().any(|p| p.contains("not on the narrowest resource")), "{problems:?}");
+    let mut calls = fleet_calls();
+    calls.insert(("dynamodb:PutItem".to_owned(), Resource::SourceTable));
+    let problems = judge_policy("policy", &json, &calls, FLEET);
+    assert!(problems.len() == 1 && problems[0].contains("PutItem on SourceTable"), "{problems:?}");
+}
+
+#[test]
+fn requests_are_read_off_the_wire() {
+    let body = r#"{"TableName":"orders-app","Key":{"leaseKey":{"S":"x"}}}"#;
+    let first = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: DynamoDB_20120810.GetItem\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let second = "POST / HTTP/1.1\r\nx-amz-target: DynamoDBStreams_20120810.GetRecords\r\nContent-Length: 2\r\n\r\n{}";
+    let wire = format!("{first}{second}");
+    let mut sniffer = Sniffer::default();
+    // Fed in small pieces, as TCP may deliver them.
+    let mut seen = Vec::new();
+    for chunk in wire.as_bytes().chunks(7) {
+        seen.extend(sniffer.feed(chunk));
+    }
+    let names = Names { source: "orders".to_owned(), lease: "orders-app".to_owned(), ..Names::default() };
+    let grants: Vec<(String, Resource)> = seen.iter().map(|r| grant_of(r, &names)).collect();
+    assert_eq!(
+        grants,
+        [("dynamodb:GetItem".to_owned(), Resource::LeaseTable), ("dynamodb:GetRecords".to_owned(), Resource::Stream)]
+    );
+    let mut chunked = Sniffer::default();
+    chunked.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert!(chunked.broken.is_some(), "a chunked body must not be guessed at");
 }

@@ -5,6 +5,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod iam;
 pub(crate) mod leases;
 pub(crate) mod outputs;
 
