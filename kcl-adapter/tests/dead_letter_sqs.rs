@@ -49,27 +49,14 @@ async fn sink_for_new_queue(prefix: &str) -> SqsDeadLetterSink {
 
 /// Every message in the queue, parsed (bodies also returned, for their sizes).
 async fn drain(queue_url: &str) -> Vec<(String, Value)> {
-    let sqs = MotoServer::shared().sqs_client();
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
+    let bodies = MotoServer::shared().receive_all(queue_url).await;
+    bodies
+        .into_iter()
+        .map(|body| {
             let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
-            out.push((body, value));
-        }
-    }
+            (body, value)
+        })
+        .collect()
 }
 
 fn seqs(message: &Value) -> Vec<String> {

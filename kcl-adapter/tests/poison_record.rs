@@ -101,26 +101,9 @@ async fn write_items(dynamodb: &aws_sdk_dynamodb::Client, table: &str) {
 }
 
 /// Every message in the queue, parsed.
-async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
-            out.push(serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")));
-        }
-    }
+async fn drain(moto: &MotoServer, queue_url: &str) -> Vec<Value> {
+    let bodies = moto.receive_all(queue_url).await;
+    bodies.iter().map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("not JSON ({e}): {b}"))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -176,7 +159,7 @@ async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processe
     task.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
 
     // Exactly one message, holding exactly the poison record.
-    let messages = drain(&sqs, &queue_url).await;
+    let messages = drain(moto, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:#?}");
     let message = &messages[0];
     assert_eq!(message["recordCount"], json!(1), "{message:#}");

@@ -41,7 +41,7 @@ use common::chaos::{
     Clock, Fleet, LeaseWrite, Pause, Record, TimeBase, Writer, assert_no_problems, create_clock_table,
     create_lease_table, drain_and_verify, metric, secs_between, signal, wait_stopped, wall_nanos,
 };
-use common::leases::{LoggedTake, expired_takes_from, holders, logged_takes, moved};
+use common::leases::{LoggedTake, expired_takes_from, holders, logged_takes, move_timeout, moved};
 use common::start_emulator;
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
@@ -58,12 +58,8 @@ const DEFAULT_SEED: u64 = 20_260_501;
 const DEFAULT_DURATION: Duration = Duration::from_secs(75);
 /// Shorter than production's 10 s, so that a run sees more faults.
 const LEASE_DURATION: Duration = Duration::from_secs(6);
-/// How long a hit worker's leases may take to move before the test fails. The promise is that
-/// they move (failover takes about one lease duration, graceful handoffs less; both figures are
-/// printed, and the benchmark judges the failover time in simulated time); the bound is
-/// generous because CI runs on a cold, loaded 2-core machine with five workers, the emulator
-/// and the test. Leases that never move still fail the test.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a hit worker's leases may take to move before the test fails ([`move_timeout`]).
+const MOVE_TIMEOUT: Duration = move_timeout(LEASE_DURATION);
 /// How long the schedule waits for a worker holding an unfinished shard before it skips a hit.
 const HOLDER_WAIT: Duration = Duration::from_secs(18);
 /// How long the drain may take to process every written change.

@@ -39,7 +39,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::chaos::wall_nanos;
 use common::iam::{Names, calls_of, grant_of, judge_deploy_policies};
-use common::leases::{expired_takes_from, holders_in, logged_takes, moved, shard_leases, unfinished_of};
+use common::leases::{expired_takes_from, holders_in, logged_takes, move_timeout, moved, shard_leases, unfinished_of};
 use common::outputs::{Label, Outputs, TenureEnd, check_duplicates, seen};
 use common::proxy::Proxy;
 use common::{WorkerProcess, eventually, http_get, start_emulator};
@@ -59,10 +59,8 @@ const WRITE_DURATION: Duration = Duration::from_secs(45);
 /// kcl-core's default lease duration, as in production.
 const LEASE_DURATION: Duration = Duration::from_secs(10);
 /// How long a killed or stopped worker's unfinished leases may take to be owned by others
-/// before the test fails. The promise is that they move (failover takes about a lease duration,
-/// a graceful handoff less: both are printed, and the benchmark judges the failover time in
-/// simulated time); the bound is generous for a cold, loaded CI machine.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(50);
+/// before the test fails ([`move_timeout`]).
+const MOVE_TIMEOUT: Duration = move_timeout(LEASE_DURATION);
 /// The statements of deploy/iam-policy.json this test's calls justify (tests/common/iam.rs).
 const FLEET_STATEMENTS: &[&str] =
     &["ReadSourceStream", "ResolveStreamFromTableName", "LeaseTable", "CreateLeaseTableOptional"];

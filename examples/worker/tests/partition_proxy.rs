@@ -40,7 +40,7 @@ use common::chaos::{
     Clock, Fleet, LeaseWrite, Record, TimeBase, Writer, assert_no_problems, create_clock_table, create_lease_table,
     drain_and_verify, metric, read_lines, secs_between, wall_nanos,
 };
-use common::leases::{holders, moved};
+use common::leases::{holders, move_timeout, moved};
 use common::proxy::{CutMode, Held, Proxy, ProxyStats};
 use common::{eventually, http_get, start_emulator};
 use kcl_adapter::DynamoLeaseStore;
@@ -55,9 +55,8 @@ const LEASE_DURATION: Duration = Duration::from_secs(6);
 /// duration of the cut, since the last renewal came before it).
 const FENCE: Duration = Duration::from_millis(4800);
 /// How long a takeover (after the cut) or a retake (after the other worker's SIGTERM) may take
-/// before the test fails: the promise is that it happens, the figures are printed; generous for
-/// a cold, loaded CI machine.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// before the test fails ([`move_timeout`]).
+const MOVE_TIMEOUT: Duration = move_timeout(LEASE_DURATION);
 /// How long the drain may take to process every written change.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long `a` must stay registered after the restore.

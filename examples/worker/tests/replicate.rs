@@ -319,29 +319,6 @@ async fn replication_misconfigurations_are_clear_errors() {
     }
 }
 
-/// Every message in an SQS queue, parsed (the dead letters).
-async fn drain_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
-            out.push(serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")));
-        }
-    }
-}
-
 /// An item at DynamoDB's 400 KB limit fits the source table but not the target, since the
 /// processor adds its marker attribute. The `worker` binary (`--processor replicate`, one retry,
 /// bisecting, an SQS dead-letter queue on moto server) must dead-letter exactly that record,
@@ -430,14 +407,15 @@ async fn oversized_item_is_dead_lettered_with_its_reason() {
     )
     .await;
     // Exactly the big record dead-lettered, with its reason.
-    let sqs = moto.sqs_client();
-    let (sqs, q) = (&sqs, &queue);
-    let letters =
+    let q = &queue;
+    let bodies =
         common::eventually("the dead letter", Duration::from_secs(90), Duration::from_millis(500), || async move {
-            let letters = drain_queue(sqs, q).await;
-            (!letters.is_empty()).then_some(letters)
+            let bodies = moto.receive_all(q).await;
+            (!bodies.is_empty()).then_some(bodies)
         })
         .await;
+    let letters: Vec<serde_json::Value> =
+        bodies.iter().map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("not JSON ({e}): {b}"))).collect();
     assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
     let letter = &letters[0];
     let keys: Vec<&serde_json::Value> =
