@@ -16,6 +16,9 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "the production worker carries no test code (kcl-worker's normal dependencies)"
+bash scripts/check-worker-deps.sh
+
 step "RustSec advisories (offline, against ../shared/advisory-db)"
 # cargo-audit is built once per machine (several minutes), then reused.
 export KCL_TOOLS_DIR="${KCL_TOOLS_DIR:-$HOME/.cache/kcl-tools}"

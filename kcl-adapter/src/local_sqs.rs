@@ -210,6 +210,33 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// Receives every message waiting in a queue (hidden from other receivers for 5 minutes)
+    /// and returns their bodies; stops at the first empty receive.
+    ///
+    /// # Panics
+    /// When the server refuses (a test helper: failing loudly is the point).
+    pub async fn receive_all(&self, queue_url: &str) -> Vec<String> {
+        let sqs = self.sqs_client();
+        let mut bodies = Vec::new();
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .visibility_timeout(300)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("ReceiveMessage on moto: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+            let messages = received.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return bodies;
+            }
+            bodies.extend(messages.into_iter().map(|m| m.body.unwrap_or_default()));
+        }
+    }
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());

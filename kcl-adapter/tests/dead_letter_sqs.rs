@@ -51,7 +51,7 @@ async fn sink_for_new_queue(prefix: &str) -> SqsDeadLetterSink {
 
 /// Every message in the queue, parsed (bodies also returned, for their sizes).
 async fn drain(queue_url: &str) -> Vec<(String, Value)> {
-    common::drain_bodies(&MotoServer::shared().sqs_client(), queue_url).await
+    common::drain_bodies(MotoServer::shared(), queue_url).await
 }
 
 fn seqs(message: &Value) -> Vec<String> {

@@ -131,7 +131,7 @@ async fn exactly_the_poison_record_is_dead_lettered_and_everything_else_processe
     let consumed = started.elapsed();
 
     // Exactly one message, holding exactly the poison record.
-    let messages = common::drain(&sqs, &queue_url).await;
+    let messages = common::drain(moto, &queue_url).await;
     assert_eq!(messages.len(), 1, "{messages:#?}");
     let message = &messages[0];
     assert_eq!(message["recordCount"], json!(1), "{message:#}");

@@ -92,7 +92,7 @@ async fn an_undecodable_record_is_dead_lettered_and_the_shard_goes_on() {
     assert_eq!(counter(&registry, "kcl_get_records_errors_total", Some("fatal")), 0.0);
 
     // Exactly one message: the bad record, with its raw JSON.
-    let messages = common::drain(&sqs, &queue_url).await;
+    let messages = common::drain(moto, &queue_url).await;
     let [m] = &messages[..] else { panic!("want one message, got {messages:#?}") };
     assert_eq!((&m["recordCount"], &m["records"], &m["streamArn"]), (&json!(1), &json!([]), &json!(stream_arn)));
     let error = m["error"].as_str().unwrap_or_default();

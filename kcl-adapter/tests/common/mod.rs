@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use kcl_adapter::local_sqs::MotoServer;
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::{
     Checkpoint, Config, Lease, LeaseStore, Metrics, RecordProcessor, SequenceNumber, ShardId, Worker, WorkerStatus,
@@ -58,32 +59,20 @@ impl<P: RecordProcessor<ChangeRecord> + Clone + Send + Sync + 'static> WorkerRun
 }
 
 /// Every message in the queue, parsed, with its body (for its size).
-pub(crate) async fn drain_bodies(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("ReceiveMessage: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        let messages = received.messages.unwrap_or_default();
-        if messages.is_empty() {
-            return out;
-        }
-        for m in messages {
-            let body = m.body.unwrap_or_default();
+pub(crate) async fn drain_bodies(moto: &MotoServer, queue_url: &str) -> Vec<(String, Value)> {
+    let bodies = moto.receive_all(queue_url).await;
+    bodies
+        .into_iter()
+        .map(|body| {
             let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
-            out.push((body, value));
-        }
-    }
+            (body, value)
+        })
+        .collect()
 }
 
 /// Every message in the queue, parsed.
-pub(crate) async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Value> {
-    drain_bodies(sqs, queue_url).await.into_iter().map(|(_, value)| value).collect()
+pub(crate) async fn drain(moto: &MotoServer, queue_url: &str) -> Vec<Value> {
+    drain_bodies(moto, queue_url).await.into_iter().map(|(_, value)| value).collect()
 }
 
 /// The lease of `shard` in `lease_table`, after checking that its checkpoint is past `seq`

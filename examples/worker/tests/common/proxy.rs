@@ -8,17 +8,22 @@
 //! connection is held until its client gives up (the proxy notes after how long) or until
 //! [`Proxy::restore`], which closes it; after the restore new connections are forwarded again.
 //! [`Proxy::stats`] tells what happened to the connections, which is how a test sees whether
-//! the client has timeouts at all.
+//! the client has timeouts at all, and which AWS operations went through (each forwarded
+//! request's `X-Amz-Target` and the table, stream or queue it names, read by [`Sniffer`] as the
+//! bytes pass): a proxy that is never cut is a counting proxy.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::sniff::{Request, Sniffer};
 
 /// What a cut proxy does with new connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +46,21 @@ pub(crate) struct ProxyStats {
     /// Connections refused while cut.
     pub(crate) refused: usize,
     /// Black-holed connections that their client closed, and after how long.
-    pub(crate) blackholed_given_up: Vec<Duration>,
+    pub(crate) blackholed_given_up: Vec<Held>,
     /// Black-holed connections still waiting when the proxy was restored, and for how long.
-    pub(crate) blackholed_at_restore: Vec<Duration>,
+    pub(crate) blackholed_at_restore: Vec<Held>,
+    /// Requests forwarded, by operation and resource.
+    pub(crate) requests: BTreeMap<Request, usize>,
+    /// Why a forwarded connection's requests could not be read (chunked bodies, bad headers).
+    pub(crate) unreadable: Vec<String>,
+}
+
+/// A black-holed connection: how long it was held, and the operation its client was waiting
+/// for (`None` when no request head arrived).
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub(crate) held: Duration,
+    pub(crate) target: Option<String>,
 }
 
 #[derive(Debug)]
@@ -148,8 +165,39 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, cut: CancellationT
     let Ok(mut server) = TcpStream::connect(upstream).await else { return };
     let _ = server.set_nodelay(true);
     state.lock().unwrap_or_else(PoisonError::into_inner).stats.forwarded += 1;
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    // Requests: read, noted, forwarded as they are.
+    let requests = async {
+        let mut sniffer = Sniffer::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let seen = sniffer.feed(&buf[..n]);
+            {
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                for request in seen {
+                    *s.stats.requests.entry(request).or_default() += 1;
+                }
+                if let Some(why) = sniffer.broken.take() {
+                    s.stats.unreadable.push(why);
+                }
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let responses = async {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = async { tokio::join!(requests, responses) } => {}
         _ = cut.cancelled() => {
             state.lock().unwrap_or_else(PoisonError::into_inner).stats.dropped_by_cut += 1;
         }
@@ -161,16 +209,22 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, cut: CancellationT
 async fn hold(mut client: TcpStream, restored: CancellationToken, state: Arc<Mutex<State>>) {
     let since = Instant::now();
     let mut sink = vec![0u8; 16 * 1024];
+    let mut sniffer = Sniffer::default();
+    let mut target = None;
     let given_up = loop {
         tokio::select! {
             read = client.read(&mut sink) => match read {
                 Ok(0) | Err(_) => break true,
-                Ok(_) => {}
+                Ok(n) => {
+                    let done = sniffer.feed(&sink[..n]);
+                    let waiting = done.first().map(|r| r.target.clone()).or(sniffer.pending_target().map(str::to_owned));
+                    target = target.or(waiting);
+                }
             },
             _ = restored.cancelled() => break false,
         }
     };
-    let held = since.elapsed();
+    let held = Held { held: since.elapsed(), target };
     let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
     if given_up {
         s.stats.blackholed_given_up.push(held);

@@ -1,6 +1,9 @@
-//! The parts of the fleet worker binary (`cargo run -p kcl-examples --bin worker`): its
+//! The parts of the fleet worker binary (`cargo run -p kcl-worker --bin worker`): its
 //! processors, its HTTP endpoints and its default worker id. The binary itself
 //! (`src/bin/worker.rs`) only parses flags, builds the AWS clients and handles signals.
+//!
+//! This package is what `deploy/Dockerfile` builds: its normal dependencies carry no test code
+//! (no kcl-core `testing` feature, no tokio `test-util`).
 //!
 //! - [`jsonl`]: appends every record as a JSON line to a file (tests, debugging);
 //! - [`replicate`]: copies every change into another table, idempotently;

@@ -5,6 +5,8 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod iam;
+pub(crate) mod leases;
 pub(crate) mod outputs;
 
 use std::net::SocketAddr;
@@ -219,3 +221,4 @@ where
 }
 pub(crate) mod chaos;
 pub(crate) mod proxy;
+pub(crate) mod sniff;

@@ -20,12 +20,21 @@
 //! sequence number, also across a parent shard and its children.
 //!
 //! Records of a batch are applied per item in stream order, different items concurrently
-//! ([`ITEM_CONCURRENCY`] at a time).
+//! ([`ITEM_CONCURRENCY`] at a time). A record that cannot be applied fails the batch from that
+//! record on ([`ProcessorError::partial`]): everything before it is checkpointed, and the
+//! worker's failure policy retries, bisects, dead-letters or skips it (`--max-retry-attempts`,
+//! `--bisect-on-failure`, `--dead-letter-queue-url`); the processor itself never retries.
+//!
+//! **The item size limit.** DynamoDB refuses items over 400 KB ([`MAX_ITEM_BYTES`], attribute
+//! names included). The marker attribute adds [`MARKER_BYTES`], so a source item within about
+//! that much of the limit cannot be copied: [`ReplicateError::ItemTooLarge`] names the item's
+//! key, its size with and without the marker, the limit and the marker attribute.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use futures::StreamExt;
 use kcl_adapter::{AttributeValue, ChangeRecord, EventName, Item};
 use kcl_core::{Batch, Checkpointer, ProcessorError, RecordProcessor, SequenceNumber};
@@ -37,6 +46,10 @@ pub const SEQ_ATTRIBUTE: &str = "_kcl_seq";
 pub const DELETED_ATTRIBUTE: &str = "_kcl_deleted";
 /// Items of one batch written concurrently.
 pub const ITEM_CONCURRENCY: usize = 16;
+/// DynamoDB's item size limit (400 KB), attribute names and values together.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// What the marker attribute adds to an item: its name and the 40-digit sequence number.
+pub const MARKER_BYTES: usize = SEQ_ATTRIBUTE.len() + SequenceNumber::MAX_DIGITS;
 
 /// The condition every replicated write carries.
 const NEWER_ONLY: &str = "attribute_not_exists(#seq) OR #seq < :seq";
@@ -83,6 +96,31 @@ pub enum ReplicateError {
         /// Its event name.
         event: String,
     },
+    /// The item with the marker attribute is over DynamoDB's item size limit: it cannot be
+    /// replicated (not retryable).
+    #[error(
+        "item {key} cannot be replicated into {table}: with the marker attribute {marker} it is about {size} bytes, \
+         over DynamoDB's item size limit of {limit} bytes (the source item is about {source_size} bytes; the marker \
+         adds {marker_bytes}); DynamoDB said: {message}"
+    )]
+    ItemTooLarge {
+        /// The item's key attributes, as `name=value` pairs.
+        key: String,
+        /// The target table.
+        table: String,
+        /// The estimated size of the item as written, with the marker.
+        size: usize,
+        /// The estimated size of the item without the marker.
+        source_size: usize,
+        /// DynamoDB's limit ([`MAX_ITEM_BYTES`]).
+        limit: usize,
+        /// The marker attribute ([`SEQ_ATTRIBUTE`]).
+        marker: &'static str,
+        /// What the marker adds ([`MARKER_BYTES`]).
+        marker_bytes: usize,
+        /// What the service said.
+        message: String,
+    },
     /// The write to the target table failed (and the SDK's retries did not help).
     #[error("writing record {event_id} to table {table} failed: {message}")]
     Write {
@@ -103,6 +141,60 @@ impl ReplicateError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, ReplicateError::Write { .. })
     }
+}
+
+/// A batch that could not be applied entirely: every record before `first_failed` was applied
+/// (or the target already held something newer), the one at `first_failed` failed.
+#[derive(Debug, thiserror::Error)]
+#[error("record {first_failed}: {error}")]
+pub struct BatchFailure {
+    /// The lowest sequence number that failed.
+    pub first_failed: SequenceNumber,
+    /// Why.
+    #[source]
+    pub error: ReplicateError,
+}
+
+/// The size DynamoDB counts for an attribute value, estimated (numbers: about one byte per two
+/// significant digits, plus one).
+fn value_bytes(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => n.trim_start_matches(['-', '0']).len().div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Ss(l) => l.iter().map(String::len).sum(),
+        AttributeValue::Ns(l) => l.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        AttributeValue::Bs(l) => l.iter().map(|b| b.as_ref().len()).sum(),
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_bytes(v)).sum::<usize>(),
+        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() + value_bytes(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+/// The size DynamoDB counts for an item, estimated: names and values.
+pub fn item_bytes(item: &Item) -> usize {
+    item.iter().map(|(name, value)| name.len() + value_bytes(value)).sum()
+}
+
+/// An item's key attributes as `name=value` pairs, sorted by name.
+fn key_text(keys: &Item) -> String {
+    let mut pairs: Vec<String> = keys
+        .iter()
+        .map(|(name, value)| match value {
+            AttributeValue::S(s) => format!("{name}={s:?}"),
+            AttributeValue::N(n) => format!("{name}={n}"),
+            other => format!("{name}={other:?}"),
+        })
+        .collect();
+    pairs.sort();
+    pairs.join(", ")
+}
+
+/// Whether a refused write says the item is too large.
+fn is_size_refusal(e: &aws_sdk_dynamodb::error::SdkError<PutItemError>) -> bool {
+    let Some(service) = e.as_service_error() else { return false };
+    let message = service.message().unwrap_or_default().to_ascii_lowercase();
+    service.code() == Some("ValidationException") && message.contains("item size")
 }
 
 /// Applies changes to the target table.
@@ -159,6 +251,8 @@ impl Replicator {
             }
         };
         item.insert(SEQ_ATTRIBUTE.to_owned(), seq.clone());
+        // Kept for the size in a refusal's message (an item is at most 400 KB).
+        let written = item.clone();
         let sent = self
             .client
             .put_item()
@@ -174,6 +268,23 @@ impl Replicator {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
                 Applied::AlreadyNewer
             }
+            Err(e) if is_size_refusal(&e) => {
+                self.outcomes.with_label_values(&["too_large"]).inc();
+                let size = item_bytes(&written);
+                return Err(ReplicateError::ItemTooLarge {
+                    key: key_text(record.keys()),
+                    table: self.table.to_string(),
+                    size,
+                    source_size: size.saturating_sub(MARKER_BYTES),
+                    limit: MAX_ITEM_BYTES,
+                    marker: SEQ_ATTRIBUTE,
+                    marker_bytes: MARKER_BYTES,
+                    message: e.as_service_error().map_or_else(
+                        || DisplayErrorContext(&e).to_string(),
+                        |s| format!("{}: {}", s.code().unwrap_or("?"), s.message().unwrap_or_default()),
+                    ),
+                });
+            }
             Err(e) => {
                 return Err(ReplicateError::Write {
                     event_id: record.event_id().to_owned(),
@@ -188,9 +299,10 @@ impl Replicator {
     }
 
     /// Applies `records` (in stream order): each item's changes in order, different items
-    /// concurrently. Stops at the first failure; since every write is idempotent, the whole
-    /// slice may simply be applied again.
-    pub async fn apply_all(&self, records: &[ChangeRecord]) -> Result<(), ReplicateError> {
+    /// concurrently. An item whose change fails stops there; the other items go on, so that on
+    /// failure every record before the lowest failed one was applied ([`BatchFailure`]). Every
+    /// write is idempotent: the records from there on may simply be applied again.
+    pub async fn apply_all(&self, records: &[ChangeRecord]) -> Result<(), BatchFailure> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut groups: Vec<Vec<&ChangeRecord>> = Vec::new();
         for record in records {
@@ -204,16 +316,23 @@ impl Replicator {
         // future not provably `Send` (higher-ranked lifetimes).
         let pending: Vec<_> = groups.into_iter().map(|group| self.apply_in_order(group)).collect();
         let mut results = futures::stream::iter(pending).buffer_unordered(ITEM_CONCURRENCY);
+        let mut lowest: Option<BatchFailure> = None;
         while let Some(result) = results.next().await {
-            result?;
+            if let Err(failure) = result
+                && lowest.as_ref().is_none_or(|l| failure.first_failed < l.first_failed)
+            {
+                lowest = Some(failure);
+            }
         }
-        Ok(())
+        lowest.map_or(Ok(()), Err)
     }
 
-    /// Applies one item's changes one after the other.
-    async fn apply_in_order(&self, group: Vec<&ChangeRecord>) -> Result<(), ReplicateError> {
+    /// Applies one item's changes one after the other, stopping at the first failure.
+    async fn apply_in_order(&self, group: Vec<&ChangeRecord>) -> Result<(), BatchFailure> {
         for record in group {
-            self.apply(record).await?;
+            self.apply(record)
+                .await
+                .map_err(|error| BatchFailure { first_failed: record.sequence_number().clone(), error })?;
         }
         Ok(())
     }
@@ -239,9 +358,12 @@ impl RecordProcessor<ChangeRecord> for ReplicateProcessor {
         batch: &Batch<ChangeRecord>,
         checkpointer: &impl Checkpointer,
     ) -> Result<(), ProcessorError> {
-        self.replicator.apply_all(&batch.records).await.map_err(|e| {
-            ProcessorError::new(format!("replicating shard {} into {}", batch.shard_id, self.replicator.table()))
-                .with_source(e)
+        // The failure policy handles a record that cannot be applied: everything before it is
+        // checkpointed, and it is retried, bisected, dead-lettered or skipped from there. The
+        // message carries the reason: the consumer's warning shows it.
+        self.replicator.apply_all(&batch.records).await.map_err(|failure| {
+            let message = format!("replicating shard {} into {}: {failure}", batch.shard_id, self.replicator.table());
+            ProcessorError::partial(failure.first_failed.clone(), message).with_source(failure.error)
         })?;
         super::jsonl::checkpoint(checkpointer, &batch.shard_id).await
     }
@@ -259,5 +381,19 @@ mod tests {
         assert!(p("9") < p("10"));
         assert!(p("000000000000000000999") < p("1000"));
         assert_eq!(p("0"), "0".repeat(40));
+    }
+
+    #[test]
+    fn item_sizes_count_names_and_values() {
+        let item: Item = [
+            ("pk".to_owned(), AttributeValue::S("abc".to_owned())),
+            ("v".to_owned(), AttributeValue::N("12345".to_owned())),
+            ("ok".to_owned(), AttributeValue::Bool(true)),
+        ]
+        .into();
+        // 2 + 3, 1 + (3 + 1), 2 + 1.
+        assert_eq!(item_bytes(&item), 13);
+        assert_eq!(MARKER_BYTES, 48);
+        assert_eq!(key_text(&item), "ok=Bool(true), pk=\"abc\", v=12345");
     }
 }

@@ -77,61 +77,6 @@ pub(crate) fn judge_pause(
     outcome
 }
 
-/// Nanoseconds since the Unix epoch of a log timestamp `2026-11-25T03:55:37.836276Z`.
-pub(crate) fn log_time(ts: &str) -> Option<u64> {
-    let at = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(at.unix_timestamp_nanos()).ok()
-}
-
-/// A take logged by a worker: `took lease shard=S reason="expired" from=Some(WorkerId(W))`.
-#[derive(Clone, Debug)]
-pub(crate) struct LoggedTake {
-    pub(crate) at: u64,
-    pub(crate) taker: String,
-    pub(crate) shard: String,
-    pub(crate) reason: String,
-    pub(crate) from: Option<String>,
-}
-
-/// Every take a worker logged.
-pub(crate) fn logged_takes(file: &WorkerFile) -> Vec<LoggedTake> {
-    let text = std::fs::read_to_string(&file.log).unwrap_or_default();
-    let mut out = Vec::new();
-    for raw in text.lines() {
-        // Strip the colours (ESC [ … m).
-        let mut line = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                line.push(c);
-            }
-        }
-        if !line.contains("took lease") {
-            continue;
-        }
-        let field = |name: &str| -> Option<String> {
-            let rest = line.split_once(&format!(" {name}="))?.1;
-            Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
-        };
-        let Some(at) = line.split_whitespace().next().and_then(log_time) else { continue };
-        let from = field("from").and_then(|f| f.strip_prefix("Some(WorkerId(")?.strip_suffix("))").map(str::to_owned));
-        out.push(LoggedTake {
-            at,
-            taker: file.worker_id.clone(),
-            shard: field("shard").unwrap_or_default(),
-            reason: field("reason").unwrap_or_default(),
-            from,
-        });
-    }
-    out
-}
-
 /// Peers judge a worker dead only when it is: a lease is taken as expired from its owner only
 /// while the owner was killed, stopping or paused, and a worker's heartbeat is removed by
 /// another only then. (Balancing steals, `reason="stolen"`, are not judged.)
@@ -143,7 +88,7 @@ pub(crate) fn judge_liveness(
 ) {
     let by_id: HashMap<&str, &WorkerFile> = ev.files.iter().map(|f| (f.worker_id.as_str(), f)).collect();
     for file in ev.files {
-        for take in logged_takes(file) {
+        for take in logged_takes(&file.log, &file.worker_id) {
             if take.reason == "stolen" {
                 figures.steals += 1;
             }

@@ -1,7 +1,8 @@
 //! The `replicate` processor against DynamoDB Local: changes applied out of order and replayed
 //! leave the target at the newest state (a replayed older change never overwrites a newer one,
-//! and a replayed INSERT never resurrects a deleted item), and the `worker` binary replicates a
-//! live table end to end.
+//! and a replayed INSERT never resurrects a deleted item), the `worker` binary replicates a
+//! live table end to end, and an item at DynamoDB's 400 KB limit, which the marker attribute
+//! pushes over it, is dead-lettered with its reason while every other item is replicated.
 
 mod common;
 
@@ -9,11 +10,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::iam::{Names, calls_of, judge_deploy_policies};
+use common::proxy::Proxy;
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
+use kcl_adapter::local_sqs::MotoServer;
 use kcl_adapter::{ChangeRecord, EventName, Item};
 use kcl_core::SequenceNumber;
-use kcl_examples::worker::replicate::{
-    Applied, DELETED_ATTRIBUTE, ReplicateError, Replicator, SEQ_ATTRIBUTE, padded_sequence,
+use kcl_worker::replicate::{
+    Applied, DELETED_ATTRIBUTE, MAX_ITEM_BYTES, ReplicateError, Replicator, SEQ_ATTRIBUTE, padded_sequence,
 };
 
 fn s(v: &str) -> AttributeValue {
@@ -313,4 +317,136 @@ async fn replication_misconfigurations_are_clear_errors() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(want), "want {want:?} in\n{stderr}");
     }
+}
+
+/// An item at DynamoDB's 400 KB limit fits the source table but not the target, since the
+/// processor adds its marker attribute. The `worker` binary (`--processor replicate`, one retry,
+/// bisecting, an SQS dead-letter queue on moto server) must dead-letter exactly that record,
+/// with a reason that names its key, its size, the limit and the marker attribute, and
+/// replicate every other item. The worker reaches DynamoDB Local and moto through counting
+/// proxies: the operations it called justify the policy's replication and dead-letter
+/// statements (tests/common/iam.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_item_is_dead_lettered_with_its_reason() {
+    let local = DynamoDbLocal::shared();
+    let moto = tokio::task::spawn_blocking(MotoServer::shared).await.unwrap_or_else(|e| panic!("moto: {e}"));
+    let client = local.dynamodb_client();
+    let source = unique_name("source");
+    local.create_stream_table(&source).await;
+    let target = target_table(local).await;
+    let app = unique_name("replicate-big-app");
+    let queue = moto.create_queue(&unique_name("replicate-dlq")).await;
+    let dynamodb_proxy = Proxy::start(([127, 0, 0, 1], local.port()).into()).await;
+    let sqs_proxy = Proxy::start(([127, 0, 0, 1], moto.port()).into()).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sqs_url = sqs_proxy.url();
+    let args: Vec<String> = [
+        "--table",
+        &source,
+        "--application-name",
+        &app,
+        "--worker-id",
+        "replicator-big",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--processor",
+        "replicate",
+        "--target-table",
+        &target,
+        "--max-retry-attempts",
+        "1",
+        "--bisect-on-failure",
+        "true",
+        "--dead-letter-queue-url",
+        &queue,
+        "--sqs-endpoint-url",
+        &sqs_url,
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let log = dir.path().join("r.log");
+    let mut worker =
+        common::WorkerProcess::spawn("replicator", "replicator-big", &dynamodb_proxy.url(), &args, &log).await;
+
+    // Twenty small items, with the big one written in the middle of them.
+    let small = |i: usize| format!("item-{i:02}");
+    let big: Item = {
+        let mut item = image("big", 1);
+        item.remove("note");
+        let base = kcl_worker::replicate::item_bytes(&item) + "payload".len();
+        // Fits the source with 24 bytes to spare; the marker (48 bytes) does not fit.
+        item.insert("payload".to_owned(), s(&"x".repeat(MAX_ITEM_BYTES - 24 - base)));
+        item
+    };
+    let big_size = kcl_worker::replicate::item_bytes(&big);
+    for i in 0..20 {
+        if i == 10 {
+            let put = client.put_item().table_name(&source).set_item(Some(big.clone())).send().await;
+            put.unwrap_or_else(|e| panic!("PutItem of the {big_size}-byte item into the source: {e:?}"));
+        }
+        let put = client.put_item().table_name(&source).item("pk", s(&small(i))).item("v", n(1)).send().await;
+        put.unwrap_or_else(|e| panic!("PutItem: {e:?}"));
+    }
+    println!("replicate: wrote 20 small items and one of {big_size} bytes (limit {MAX_ITEM_BYTES})");
+
+    // Every small item replicated.
+    let (c, t) = (&client, &target);
+    common::eventually(
+        "the small items to be replicated",
+        Duration::from_secs(90),
+        Duration::from_millis(300),
+        || async move {
+            for i in 0..20 {
+                if state(c, t, &small(i)).await.0.as_deref() != Some("1") {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // Exactly the big record dead-lettered, with its reason.
+    let q = &queue;
+    let bodies =
+        common::eventually("the dead letter", Duration::from_secs(90), Duration::from_millis(500), || async move {
+            let bodies = moto.receive_all(q).await;
+            (!bodies.is_empty()).then_some(bodies)
+        })
+        .await;
+    let letters: Vec<serde_json::Value> =
+        bodies.iter().map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("not JSON ({e}): {b}"))).collect();
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
+    let letter = &letters[0];
+    let keys: Vec<&serde_json::Value> =
+        letter["records"].as_array().into_iter().flatten().map(|r| &r["dynamodb"]["Keys"]).collect();
+    assert_eq!(keys, [&serde_json::json!({"pk": {"S": "big"}})], "the dead letter holds exactly the big record");
+    let error = letter["error"].as_str().unwrap_or_default();
+    for want in ["item pk=\"big\"", &MAX_ITEM_BYTES.to_string(), SEQ_ATTRIBUTE, "over DynamoDB's item size limit"] {
+        assert!(error.contains(want), "the dead letter's error must name {want:?}: {error}");
+    }
+    println!("replicate: dead letter's error: {error}");
+    assert_eq!(state(&client, &target, "big").await, (None, false, None), "the big item was not copied");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.lines().any(|l| l.contains("process_records failed") && l.contains("over DynamoDB's item size limit")),
+        "the worker's warning must say why:\n{}",
+        worker.log_tail(20)
+    );
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "worker exited with {status}\n{}", worker.log_tail(40));
+
+    // Least privilege: the replication and dead-letter statements grant exactly what it called.
+    let (db, sq) = (dynamodb_proxy.stats(), sqs_proxy.stats());
+    assert!(db.unreadable.is_empty() && sq.unreadable.is_empty(), "{:?} {:?}", db.unreadable, sq.unreadable);
+    let names = Names { source, lease: app, target: Some(target), queue_url: Some(queue.clone()) };
+    let calls = calls_of(db.requests.keys().chain(sq.requests.keys()), &names);
+    println!("replicate: operations the worker called: {calls:?}");
+    let problems = judge_deploy_policies(&calls, &["ReplicateIntoTargetTable", "DeadLetterQueue"]);
+    assert!(
+        problems.is_empty(),
+        "the IAM policy does not match what the worker calls:\n  - {}",
+        problems.join("\n  - ")
+    );
 }

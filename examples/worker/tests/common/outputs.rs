@@ -1,7 +1,7 @@
 //! Reading and judging the `jsonl` outputs of a fleet of `worker` processes.
 //!
 //! Each output file is a sequence of record lines and lifecycle lines (see
-//! `kcl_examples::worker::jsonl`). A *tenure* is one worker's holding of one shard: from an
+//! `kcl_worker::jsonl`). A *tenure* is one worker's holding of one shard: from an
 //! `initialize` line to the `shard_ended`, `lease_lost` or `shutdown_requested` line that ends
 //! it, or to the end of the file of a worker that was killed.
 

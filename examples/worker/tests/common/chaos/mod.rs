@@ -63,6 +63,7 @@ mod lines;
 mod verify;
 mod writer;
 
+use super::leases::{logged_takes, shard_leases};
 use super::{WorkerProcess, eventually, http_get};
 pub(crate) use dump::*;
 pub(crate) use history::*;
@@ -306,7 +307,7 @@ pub(crate) fn process_state(pid: u32) -> Option<char> {
 
 /// Waits until the process is stopped (SIGSTOP delivered to every thread).
 pub(crate) async fn wait_stopped(pid: u32) {
-    eventually(&format!("process {pid} to stop"), Duration::from_secs(5), Duration::from_millis(2), || async move {
+    eventually(&format!("process {pid} to stop"), Duration::from_secs(30), Duration::from_millis(2), || async move {
         (process_state(pid) == Some('T')).then_some(())
     })
     .await;
@@ -325,54 +326,4 @@ pub(crate) async fn metric(addr: SocketAddr, prefix: &str) -> Option<f64> {
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
         .collect();
     Some(values.iter().sum())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lease table
-
-/// Shard leases (not heartbeats).
-pub(crate) async fn shard_leases(store: &DynamoLeaseStore) -> Option<Vec<Lease>> {
-    let items = store.list().await.ok()?;
-    Some(items.into_iter().filter(|l| !l.key.is_heartbeat()).collect())
-}
-
-/// The workers among `candidates` that own an unfinished shard lease, each with those leases.
-pub(crate) async fn holders(store: &DynamoLeaseStore, candidates: &BTreeSet<String>) -> Vec<(String, Vec<LeaseKey>)> {
-    let Some(leases) = shard_leases(store).await else { return Vec::new() };
-    let mut by_owner: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
-    for lease in leases.iter().filter(|l| !l.checkpoint.is_shard_end()) {
-        if let Some(owner) = lease.owner.as_ref().filter(|o| candidates.contains(o.as_str())) {
-            by_owner.entry(owner.as_str().to_owned()).or_default().push(lease.key.clone());
-        }
-    }
-    by_owner.into_iter().collect()
-}
-
-/// Waits until `from` owns no shard lease and each of `held` is owned by one of `live` (or
-/// finished); returns how long after `since` that was first seen, or `None` after `timeout`.
-pub(crate) async fn moved(
-    store: &DynamoLeaseStore,
-    from: &str,
-    held: &[LeaseKey],
-    live: &BTreeSet<String>,
-    since: Instant,
-    timeout: Duration,
-) -> Option<Duration> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(leases) = shard_leases(store).await {
-            let gone = !leases.iter().any(|l| l.owner.as_ref().is_some_and(|o| o.as_str() == from));
-            let done = held.iter().all(|key| match leases.iter().find(|l| &l.key == key) {
-                None => true,
-                Some(l) => l.checkpoint.is_shard_end() || l.owner.as_ref().is_some_and(|o| live.contains(o.as_str())),
-            });
-            if gone && done {
-                return Some(since.elapsed());
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

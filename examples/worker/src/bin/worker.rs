@@ -36,10 +36,10 @@ use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLe
 use kcl_core::{
     Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle,
 };
-use kcl_examples::worker::http;
-use kcl_examples::worker::identity::default_worker_id;
-use kcl_examples::worker::jsonl::{JsonlOptions, JsonlSink};
-use kcl_examples::worker::replicate::{ReplicateProcessor, Replicator};
+use kcl_worker::http;
+use kcl_worker::identity::default_worker_id;
+use kcl_worker::jsonl::{JsonlOptions, JsonlSink};
+use kcl_worker::replicate::{ReplicateProcessor, Replicator};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 

@@ -21,7 +21,11 @@
 //! a killed or dispossessed worker, never after SIGTERM or a shard end; a paused worker whose
 //! leases were taken while it was stopped starts no batch of them after SIGCONT (it may finish
 //! writing the batch it was in when stopped; its checkpoint is then rejected); the final lease
-//! table matches the stream.
+//! table matches the stream; a worker stopped with SIGTERM released its leases (none was taken
+//! from it as expired). Each hit waits until the hit worker's unfinished leases are owned by
+//! live workers ([`common::leases::moved`]; a finished lease still owned by a dead worker only
+//! waits for its clean-up): the bound is generous, the failover and handoff times are printed.
+//! The harness's own checks are tested in `tests/harness.rs`.
 //!
 //! `CHAOS_SEED` repeats a schedule (default fixed), `CHAOS_DURATION_SECS` lengthens the chaos
 //! (default 75 s), `CHAOS_KEEP_OUTPUT=1` keeps the outputs and logs (kept anyway on failure).
@@ -35,8 +39,9 @@ use std::time::Duration;
 
 use common::chaos::{
     Clock, Fleet, LeaseWrite, Pause, Record, TimeBase, Writer, assert_no_problems, create_clock_table,
-    create_lease_table, drain_and_verify, holders, metric, moved, secs_between, signal, wait_stopped, wall_nanos,
+    create_lease_table, drain_and_verify, metric, secs_between, signal, wait_stopped, wall_nanos,
 };
+use common::leases::{LoggedTake, expired_takes_from, holders, logged_takes, move_timeout, moved};
 use common::start_emulator;
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
@@ -53,9 +58,12 @@ const DEFAULT_SEED: u64 = 20_260_501;
 const DEFAULT_DURATION: Duration = Duration::from_secs(75);
 /// Shorter than production's 10 s, so that a run sees more faults.
 const LEASE_DURATION: Duration = Duration::from_secs(6);
-/// Beyond the lease duration, allowed for a failover: heartbeat polling (1 s), the take, a
-/// machine shared by five workers, the emulator and the test.
-const FAILOVER_MARGIN: Duration = Duration::from_secs(4);
+/// How long a hit worker's leases may take to move before the test fails ([`move_timeout`]).
+const MOVE_TIMEOUT: Duration = move_timeout(LEASE_DURATION);
+/// How long the schedule waits for a worker holding an unfinished shard before it skips a hit.
+const HOLDER_WAIT: Duration = Duration::from_secs(18);
+/// How long the drain may take to process every written change.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 const WRITES_PER_SECOND: u32 = 40;
 const ITEMS: usize = 250;
 const MIN_WORKERS: usize = 3;
@@ -165,9 +173,9 @@ impl Chaos<'_> {
     }
 
     /// A live worker processing an unfinished shard, chosen by the seeded generator; waits up
-    /// to two lease durations for one.
+    /// to [`HOLDER_WAIT`] for one (right after a rollover or a failover nobody may hold one).
     async fn holder(&mut self) -> Option<(String, Vec<LeaseKey>)> {
-        let deadline = Instant::now() + LEASE_DURATION * 2;
+        let deadline = Instant::now() + HOLDER_WAIT;
         loop {
             let found = holders(&self.store, &self.fleet.live_ids()).await;
             if !found.is_empty() {
@@ -195,12 +203,14 @@ impl Chaos<'_> {
         (!idle.is_empty()).then(|| idle[self.rng.random_range(0..idle.len())].clone())
     }
 
-    /// Waits until `from`'s leases are owned by the live workers; panics after 3 lease
-    /// durations.
+    /// Waits until `from`'s unfinished leases are owned by the live workers (or finished, or
+    /// gone: [`moved`]); panics after [`MOVE_TIMEOUT`].
     async fn wait_moved(&mut self, what: &str, from: &str, held: &[LeaseKey], since: Instant) -> Duration {
         let live: BTreeSet<String> = self.fleet.live_ids().into_iter().filter(|id| id != from).collect();
-        let Some(after) = moved(&self.store, from, held, &live, since, LEASE_DURATION * 3).await else {
-            panic!("{what}: the leases of {from} ({held:?}) were not owned by {live:?} within {:?}", LEASE_DURATION * 3)
+        let Some(after) = moved(&self.store, from, held, &live, since, MOVE_TIMEOUT).await else {
+            panic!(
+                "{what}: the unfinished leases of {from} ({held:?}) were not owned by {live:?} within {MOVE_TIMEOUT:?}"
+            )
         };
         after
     }
@@ -446,28 +456,30 @@ async fn chaos_with_real_processes() {
         base,
         lease_duration: LEASE_DURATION,
     };
-    let mut figures =
-        drain_and_verify(&mut chaos.fleet, &chaos.store, &written, record, Duration::from_secs(120)).await;
+    let mut figures = drain_and_verify(&mut chaos.fleet, &chaos.store, &written, record, DRAIN_TIMEOUT).await;
     println!("chaos: {:6.2} s drained; every worker stopped", chaos.elapsed());
 
-    // Failover by the lease history: a hit until its leases were taken.
+    // Failover by the lease history: a hit until its leases were taken (figures). A graceful
+    // stop releases its leases: none of them may be taken from it as expired.
+    let takes: Vec<LoggedTake> = chaos.fleet.files.values().flat_map(|f| logged_takes(&f.log, &f.worker_id)).collect();
     let mut max_failover = 0.0f64;
     let mut handoffs = Vec::new();
     for hit in &chaos.hits {
+        if hit.what == "SIGTERM" {
+            for take in expired_takes_from(&takes, &hit.worker_id, &hit.held, hit.wall) {
+                figures.problems.push(format!(
+                    "{hit:?}: {} took {} from it as expired (at {:.2} s): the graceful stop did not release it",
+                    take.taker,
+                    take.shard,
+                    secs_between(hit.wall, take.at)
+                ));
+            }
+        }
         let Some(secs) = failover(hit, &figures.writes) else { continue };
         if hit.what == "SIGTERM" {
             handoffs.push(secs);
-            if secs >= LEASE_DURATION.as_secs_f64() {
-                figures.problems.push(format!("{hit:?}: a graceful handoff took {secs:.2} s"));
-            }
         } else {
             max_failover = max_failover.max(secs);
-            if secs > (LEASE_DURATION + FAILOVER_MARGIN).as_secs_f64() {
-                figures.problems.push(format!(
-                    "{hit:?}: its leases were taken {secs:.2} s later, more than {:?}",
-                    LEASE_DURATION + FAILOVER_MARGIN
-                ));
-            }
         }
     }
     let kills = chaos.hits.iter().filter(|h| h.what == "SIGKILL").count();
@@ -517,136 +529,4 @@ async fn chaos_with_real_processes() {
     );
     assert_eq!(figures.lost, 0);
     assert_no_problems("chaos", &figures.problems);
-}
-
-/// The checks of [`verify`] that are this test's own, on made-up evidence: each must catch
-/// what it is meant to catch.
-mod self_tests {
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
-    use aws_sdk_dynamodbstreams::types::AttributeValue as V;
-    use kcl_core::testing::memory_store::LeaseOp;
-    use kcl_core::{Checkpoint, SequenceNumber};
-
-    use super::common::chaos::{
-        Dump, DumpRecord, LeaseImage, LeaseWrite, Line, LineKind, Pause, WorkerFile, lease_stream_problems, log_time,
-        pause_problems,
-    };
-    use super::common::outputs::Label;
-
-    fn seq(n: u128) -> SequenceNumber {
-        SequenceNumber::from_u128(n)
-    }
-
-    fn lease_item(owner: &str, counter: u64) -> HashMap<String, V> {
-        [
-            ("leaseKey".to_owned(), V::S("shard-1".to_owned())),
-            ("leaseOwner".to_owned(), V::S(owner.to_owned())),
-            ("leaseCounter".to_owned(), V::N(counter.to_string())),
-            ("checkpoint".to_owned(), V::S("TRIM_HORIZON".to_owned())),
-        ]
-        .into()
-    }
-
-    fn modify(n: u128, before: (&str, u64), after: (&str, u64)) -> DumpRecord {
-        DumpRecord {
-            shard: "lease-shard".to_owned(),
-            seq: seq(n),
-            event: "MODIFY",
-            keys: [("leaseKey".to_owned(), V::S("shard-1".to_owned()))].into(),
-            old: Some(lease_item(before.0, before.1)),
-            new: Some(lease_item(after.0, after.1)),
-        }
-    }
-
-    #[test]
-    fn a_write_from_a_stale_lease_breaks_the_counter_chain() {
-        let mut insert = modify(1, ("w1", 0), ("w1", 0));
-        (insert.event, insert.old) = ("INSERT", None);
-        let good = Dump {
-            shards: Vec::new(),
-            records: vec![insert.clone(), modify(2, ("w1", 0), ("w1", 1)), modify(3, ("w1", 1), ("w2", 2))],
-        };
-        assert_eq!(lease_stream_problems(&good), Vec::<String>::new());
-        // w1 renews from counter 1 after w2 took the lease at 2: a stale write, had it applied.
-        let mut stale = good.clone();
-        stale.records.push(modify(4, ("w2", 2), ("w1", 2)));
-        let problems = lease_stream_problems(&stale);
-        assert!(problems.iter().any(|p| p.contains("moved leaseCounter from 2 to 2")), "{problems:?}");
-    }
-
-    fn record_line(end: u64, shard: &str, n: u128, ts: u64) -> Line {
-        Line {
-            end,
-            worker: "chaos-w1".to_owned(),
-            shard: shard.to_owned(),
-            ts,
-            kind: LineKind::Record { seq: seq(n), pk: "item-0001".to_owned(), label: Label { event: "MODIFY", v: 1 } },
-        }
-    }
-
-    #[test]
-    fn a_batch_begun_after_sigcont_on_a_taken_shard_is_caught() {
-        const S: u64 = 1_000_000_000_000;
-        let ms = 1_000_000u64;
-        let file = WorkerFile {
-            name: "w1".to_owned(),
-            worker_id: "chaos-w1".to_owned(),
-            path: PathBuf::new(),
-            log: PathBuf::new(),
-            killed: false,
-            killed_at: None,
-            terminated_at: None,
-            pauses: Vec::new(),
-            outages: Vec::new(),
-        };
-        // Stopped at S (file at 200 bytes), continued 7 s later; w2 took shard-1 meanwhile.
-        let pause = Pause { stop_wall: S, cont_wall: S + 7_000 * ms, offset: 200 };
-        let take = LeaseWrite {
-            seq: seq(10),
-            key: "shard-1".to_owned(),
-            op: LeaseOp::Take,
-            before: Some(LeaseImage {
-                owner: Some("chaos-w1".to_owned()),
-                counter: 5,
-                checkpoint: Checkpoint::TrimHorizon,
-            }),
-            after: Some(LeaseImage {
-                owner: Some("chaos-w2".to_owned()),
-                counter: 6,
-                checkpoint: Checkpoint::TrimHorizon,
-            }),
-            earliest: S + 6_000 * ms,
-            latest: S + 6_020 * ms,
-        };
-        // The batch in flight at the stop: its first line rendered before, the rest after.
-        let in_flight = vec![
-            record_line(100, "shard-1", 1, S - 300 * ms),
-            record_line(200, "shard-1", 2, S - 299 * ms),
-            record_line(300, "shard-1", 3, S + 7_001 * ms),
-            record_line(400, "shard-1", 4, S + 7_001 * ms),
-        ];
-        assert_eq!(pause_problems(&file, &in_flight, &pause, std::slice::from_ref(&take)), Vec::<String>::new());
-        // The worker resumes a little before the test notes SIGCONT: still the same batch.
-        let mut early = in_flight.clone();
-        early[2].ts = S + 6_996 * ms;
-        early[3].ts = S + 6_996 * ms;
-        assert_eq!(pause_problems(&file, &early, &pause, std::slice::from_ref(&take)), Vec::<String>::new());
-        // A new batch after SIGCONT: flagged.
-        let mut later = in_flight.clone();
-        later.push(record_line(500, "shard-1", 5, S + 7_400 * ms));
-        let problems = pause_problems(&file, &later, &pause, std::slice::from_ref(&take));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        // The same batch on a shard that was not taken is fine.
-        let mut other = later.clone();
-        other.iter_mut().for_each(|l| l.shard = "shard-2".to_owned());
-        assert_eq!(pause_problems(&file, &other, &pause, std::slice::from_ref(&take)), Vec::<String>::new());
-    }
-
-    #[test]
-    fn log_times_are_unix_nanoseconds() {
-        assert_eq!(log_time("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
-        assert_eq!(log_time("2026-11-25T03:55:37.836276Z"), Some(1_795_578_937_836_276_000));
-    }
 }

@@ -27,7 +27,7 @@ pub(crate) async fn drain_and_verify(
 ) -> Figures {
     let paths = fleet.files.values().map(|f| f.path.clone()).collect();
     wait_processed(paths, written, drain).await;
-    wait_shards_finished(store, record.streams, record.data_arn, Duration::from_secs(60)).await;
+    wait_shards_finished(store, record.streams, record.data_arn, Duration::from_secs(120)).await;
     fleet.stop_all().await;
     let final_leases = store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
     let ticks = record.clock.stop().await;

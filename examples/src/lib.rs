@@ -1,3 +1,0 @@
-//! Shared helpers for the example programs.
-
-pub mod worker;
