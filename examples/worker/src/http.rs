@@ -67,6 +67,7 @@ async fn status(State(state): State<AppState>) -> Response {
                 "records_processed": shard.records_processed,
                 "trimmed_events": shard.trimmed_events,
                 "stalled_for_ms": shard.stalled_for.map(millis),
+                "last_error": shard.last_error,
             });
             (id.as_str().to_owned(), value)
         })

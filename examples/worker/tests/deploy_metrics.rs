@@ -75,6 +75,9 @@ fn every_metric_of_given_up_or_held_records_has_an_alert() {
         "kcl_stalled_shards",
         "kcl_ended_shards_without_children",
         "kcl_processing_timeouts_total",
+        "kcl_processor_panics_total",
+        "kcl_consumer_failures_total",
+        "kcl_undecodable_records_total",
     ] {
         assert!(alerted.contains(name), "deploy/alerts.yml has no rule on {name}");
     }
