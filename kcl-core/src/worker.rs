@@ -436,3 +436,43 @@ async fn renew_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Dura
         _ = coordinator.renew_leases(every) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::WorkerId;
+
+    fn handle() -> (WorkerHandle, watch::Sender<Option<Stopped>>) {
+        let done = watch::channel(None).0;
+        let handle = WorkerHandle {
+            shutdown: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            done: done.subscribe(),
+            status: Arc::new(StatusBoard::new(WorkerId::new("w"))),
+        };
+        (handle, done)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_outcomes() {
+        // A worker that never says it stopped: the deadline, then at most ABORT_WAIT more.
+        let (h, _alive) = handle();
+        let started = Instant::now();
+        assert_eq!(h.shutdown(Duration::from_secs(2)).await, ShutdownOutcome::DeadlineExceeded);
+        assert_eq!(started.elapsed(), Duration::from_secs(2) + ABORT_WAIT);
+        assert!(h.abort.is_cancelled());
+
+        let (h, done) = handle();
+        done.send_replace(Some(Stopped::Graceful));
+        assert_eq!(h.shutdown(Duration::from_secs(2)).await, ShutdownOutcome::Graceful);
+
+        // Stopped otherwise (aborted, failed), or gone without a word (dropped).
+        let (h, done) = handle();
+        done.send_replace(Some(Stopped::Otherwise));
+        assert_eq!(h.shutdown(Duration::from_secs(2)).await, ShutdownOutcome::NotRunning);
+        let (h, done) = handle();
+        drop(done);
+        assert_eq!(h.shutdown(Duration::from_secs(2)).await, ShutdownOutcome::NotRunning);
+        assert!(h.is_finished());
+    }
+}

@@ -13,17 +13,15 @@
 //!   (one small read each); when one has stopped changing for a lease duration, that worker's
 //!   leases are taken at once, so failover needs about one lease duration.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod identity;
+mod renew;
 
 use super::balance::{Candidate, TakeReason, plan_takes};
 use super::held::{HeldLease, Liveness};
@@ -150,55 +148,6 @@ impl<S: LeaseStore> Coordinator<S> {
         })
     }
 
-    /// Refuses to start when another live process uses this worker id: its heartbeat (same
-    /// owner, another incarnation) changes within a lease duration. Meanwhile this worker's own
-    /// heartbeat is renewed, so that a process starting at the same moment sees this one too
-    /// (both refuse). Heartbeats of this id that stay unchanged are an earlier, dead run's:
-    /// removed, after which its leases are taken as leftovers. Returns the other heartbeat's
-    /// key when the id is taken.
-    pub(crate) async fn check_unique_id(&self) -> Result<Option<LeaseKey>, LeaseStoreError> {
-        let mine = self.heartbeat.lock().await.key.clone();
-        let items = match self.store.list().await {
-            Ok(items) => items,
-            // The take cycles check again (and never treat this id's leases as leftovers
-            // while another live heartbeat of it exists).
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "cannot scan the lease table to check that this worker id is unique");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let mut twins: Vec<Lease> =
-            items.into_iter().filter(|l| l.key.is_heartbeat() && l.key != mine && l.is_owned_by(self.me())).collect();
-        if twins.is_empty() {
-            return Ok(None);
-        }
-        tracing::info!(worker = %self.me(), heartbeats = twins.len(),
-            "the lease table holds other heartbeats of this worker id; checking that none is alive");
-        let deadline = Instant::now() + self.config.lease_duration();
-        let mut next_renewal = Instant::now() + self.config.renew_interval();
-        while Instant::now() < deadline {
-            tokio::time::sleep(self.config.heartbeat_poll_interval).await;
-            if Instant::now() >= next_renewal {
-                self.renew_heartbeat().await;
-                next_renewal = Instant::now() + self.config.renew_interval();
-            }
-            for twin in &twins {
-                match self.store.get(&twin.key).await {
-                    Ok(Some(now)) if now.counter != twin.counter => return Ok(Some(twin.key.clone())),
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "heartbeat read failed"),
-                }
-            }
-        }
-        for twin in twins.drain(..) {
-            if let Ok(LeaseUpdate::Applied(_)) = self.store.delete(&twin).await {
-                tracing::info!(heartbeat = %twin.key, "removed the heartbeat of an earlier run of this worker id");
-            }
-        }
-        Ok(None)
-    }
-
     pub(crate) fn me(&self) -> &WorkerId {
         self.config.worker_id()
     }
@@ -228,68 +177,6 @@ impl<S: LeaseStore> Coordinator<S> {
         tracing::warn!(shard = %held.shard_id, "lease lost to another worker; stopping delivery");
         self.metrics.leases_lost.inc();
         self.forget(&held.key);
-    }
-
-    /// Renews every held lease `every` after its last renewal was sent, forever. At most
-    /// `max_concurrent_renewals` calls run at once, the next due lease starting as soon as
-    /// any call answers (or times out): a slow or silent call delays only its own lease.
-    /// When the table is too slow to keep up, leases are renewed in turn (oldest due first).
-    pub(crate) async fn renew_leases(&self, every: Duration) {
-        let limit = self.config.max_concurrent_renewals;
-        // Due renewals, earliest first; `known` holds every lease that is due or in flight.
-        let mut due: BinaryHeap<Reverse<(Instant, u64, LeaseKey)>> = BinaryHeap::new();
-        let mut known: HashMap<LeaseKey, Arc<HeldLease>> = HashMap::new();
-        let mut order = 0u64;
-        let mut in_flight = FuturesUnordered::new();
-        // New leases are picked up this often (a taken lease was just written: not urgent).
-        let mut discover = tokio::time::interval(every / 4);
-        discover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let now = Instant::now();
-            while in_flight.len() < limit {
-                let Some(Reverse((at, _, key))) = due.peek().cloned() else { break };
-                if at > now {
-                    break;
-                }
-                due.pop();
-                let Some(h) = known.get(&key).cloned() else { continue };
-                in_flight.push(async move {
-                    let sent = Instant::now();
-                    self.renew_one(&h).await;
-                    (h, sent)
-                });
-            }
-            let next_due = due.peek().map(|Reverse((at, _, _))| *at).filter(|_| in_flight.len() < limit);
-            tokio::select! {
-                _ = discover.tick() => {
-                    let held = self.held();
-                    let current: HashSet<&LeaseKey> = held.iter().map(|h| &h.key).collect();
-                    known.retain(|k, _| current.contains(k));
-                    for h in &held {
-                        if !known.contains_key(&h.key) {
-                            known.insert(h.key.clone(), h.clone());
-                            order += 1;
-                            // Its take was its first renewal.
-                            due.push(Reverse((h.renewed_at() + every, order, h.key.clone())));
-                        }
-                    }
-                }
-                Some((h, sent)) = in_flight.next(), if !in_flight.is_empty() => {
-                    if h.is_lost() {
-                        known.remove(&h.key);
-                    } else if known.contains_key(&h.key) {
-                        order += 1;
-                        due.push(Reverse((sent + every, order, h.key.clone())));
-                    }
-                }
-                _ = async {
-                    match next_due {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
-        }
     }
 
     async fn renew_one(&self, h: &Arc<HeldLease>) {
