@@ -61,14 +61,7 @@ struct Run {
 
 impl Run {
     fn counter(&self, name: &str, label: Option<&str>) -> f64 {
-        let families = self.registry.gather();
-        let Some(family) = families.iter().find(|f| f.name() == name) else { return 0.0 };
-        family
-            .get_metric()
-            .iter()
-            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
-            .map(|m| m.get_counter().get_value())
-            .sum()
+        common::counter(&self.registry, name, label)
     }
     fn written_but_bad(&self) -> BTreeSet<SequenceNumber> {
         self.sim.written().into_iter().map(|r| r.sequence_number).filter(|s| *s != self.bad).collect()

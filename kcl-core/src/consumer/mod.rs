@@ -327,39 +327,27 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 }
                 next = rx.recv() => next,
             };
-            match next {
+            let handled = match next {
                 Some(Fetched::Records(records)) => {
                     let batch = Batch { shard_id: shard.clone(), lag: lag_of(&records), records };
-                    match Box::pin(self.deliver(held, processor, checkpointer, batch)).await {
-                        Ok(last) => {
-                            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                            last_processed = Some(last);
-                        }
-                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
-                        Err(Interrupted::Shutdown) => {
-                            return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
-                        }
-                    }
+                    Box::pin(self.deliver(held, processor, checkpointer, batch)).await
                 }
                 Some(Fetched::Undecodable(record, error)) => {
-                    match Box::pin(self.undecodable(held, checkpointer, record, &error)).await {
-                        Ok(last) => {
-                            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                            last_processed = Some(last);
-                        }
-                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
-                        Err(Interrupted::Shutdown) => {
-                            return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
-                        }
-                    }
+                    Box::pin(self.undecodable(held, checkpointer, record, &error)).await
                 }
                 Some(Fetched::End) => return Box::pin(self.end_shard(held, processor, checkpointer)).await,
                 // The reader stopped without an end: only when interrupted.
-                None => {
-                    if self.shutdown.is_cancelled() {
-                        return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
-                    }
-                    return ConsumerExit::LeaseLost;
+                None if self.shutdown.is_cancelled() => Err(Interrupted::Shutdown),
+                None => Err(Interrupted::LeaseLost),
+            };
+            match handled {
+                Ok(last) => {
+                    in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    last_processed = Some(last);
+                }
+                Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
+                Err(Interrupted::Shutdown) => {
+                    return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                 }
             }
         }

@@ -255,3 +255,16 @@ impl LeaseStore for Link {
         self.inner.delete(expected).await
     }
 }
+
+/// The sum of a counter's values in `registry` (those with a label of value `label`, when
+/// given); 0 when the counter is not there.
+pub fn counter(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
+    let families = registry.gather();
+    let Some(family) = families.iter().find(|f| f.name() == name) else { return 0.0 };
+    family
+        .get_metric()
+        .iter()
+        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
