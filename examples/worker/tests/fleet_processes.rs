@@ -37,12 +37,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::chaos::wall_nanos;
+use common::chaos::{Fleet, MAX_BATCH, wall_nanos};
 use common::iam::{Names, calls_of, grant_of, judge_deploy_policies};
 use common::leases::{expired_takes_from, holders_in, logged_takes, move_timeout, moved, shard_leases, unfinished_of};
 use common::outputs::{Label, Outputs, TenureEnd, check_duplicates, seen};
 use common::proxy::Proxy;
-use common::{WorkerProcess, eventually, http_get, start_emulator};
+use common::{eventually, http_get, start_emulator};
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::unique_name;
 use kcl_core::{Checkpoint, Lease, LeaseKey};
@@ -66,13 +66,6 @@ const FLEET_STATEMENTS: &[&str] =
     &["ReadSourceStream", "ResolveStreamFromTableName", "LeaseTable", "CreateLeaseTableOptional"];
 /// How long the workers may take to process every change once the writes are done.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(240);
-/// The processors wait this long between writing a batch and checkpointing it, like a
-/// processor doing real work: the SIGKILL then often finds written but uncheckpointed records,
-/// which the next owner must process again.
-const PROCESS_DELAY: Duration = Duration::from_millis(250);
-/// GetRecords returns at most this many records: the largest batch, hence the largest tail
-/// that may be processed again (the processor checkpoints every batch).
-const MAX_BATCH: usize = 1000;
 
 /// One write of the test.
 #[derive(Clone, Copy, Debug)]
@@ -170,77 +163,6 @@ async fn write_all(client: aws_sdk_dynamodb::Client, table: String, writes: Vec<
     }
 }
 
-/// The worker processes, their outputs and logs. Dropping it kills every process still
-/// running; after a panic it keeps the directory and says where it is.
-struct Fleet {
-    dir: tempfile::TempDir,
-    endpoint: String,
-    table: String,
-    app: String,
-    workers: BTreeMap<String, WorkerProcess>,
-    /// Every worker ever started: name → output file.
-    outputs: BTreeMap<String, PathBuf>,
-}
-
-impl Fleet {
-    fn worker_id(name: &str) -> String {
-        format!("fleet-{name}")
-    }
-
-    async fn spawn(&mut self, name: &str) {
-        let output = self.dir.path().join(format!("w-{name}.jsonl"));
-        let args: Vec<String> = [
-            "--table",
-            &self.table,
-            "--application-name",
-            &self.app,
-            "--worker-id",
-            &Self::worker_id(name),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--processor",
-            "jsonl",
-            "--output",
-            &output.display().to_string(),
-            "--lease-duration-ms",
-            &LEASE_DURATION.as_millis().to_string(),
-            "--shutdown-timeout-ms",
-            "20000",
-            "--jsonl-delay-ms",
-            &PROCESS_DELAY.as_millis().to_string(),
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
-        let log = self.dir.path().join(format!("w-{name}.log"));
-        let worker = WorkerProcess::spawn(name, &Self::worker_id(name), &self.endpoint, &args, &log).await;
-        self.outputs.insert(name.to_owned(), output);
-        self.workers.insert(name.to_owned(), worker);
-    }
-
-    fn live_ids(&self) -> BTreeSet<String> {
-        self.workers.values().map(|w| w.worker_id.clone()).collect()
-    }
-
-    fn name_of(&self, worker_id: &str) -> String {
-        worker_id.trim_start_matches("fleet-").to_owned()
-    }
-
-    fn take(&mut self, name: &str) -> WorkerProcess {
-        self.workers.remove(name).unwrap_or_else(|| panic!("no live worker {name}"))
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("FLEET_KEEP_OUTPUT").is_some() {
-            self.dir.disable_cleanup(true);
-            eprintln!("fleet: outputs and worker logs kept in {}", self.dir.path().display());
-        }
-        // Each WorkerProcess kills its process when dropped.
-    }
-}
-
 /// Waits until one of `candidates` processes the open shard (its lease, the newest shard
 /// lease, is checkpointed at a sequence number), and returns that worker with every unfinished
 /// lease it owns. DynamoDB Local's shard ids sort by creation, and the newest shard is the open
@@ -296,17 +218,10 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     // The workers reach DynamoDB Local through a counting proxy: the operations they call are
     // judged against the IAM policy at the end.
     let proxy = Proxy::start(([127, 0, 0, 1], local.port()).into()).await;
-    let dir = tempfile::Builder::new().prefix("kcl-fleet-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut fleet = Fleet {
-        dir,
-        endpoint: proxy.url(),
-        table: table.clone(),
-        app: app.clone(),
-        workers: BTreeMap::new(),
-        outputs: BTreeMap::new(),
-    };
+    let endpoint = proxy.url();
+    let mut fleet = Fleet::new("fleet", &table, &app, LEASE_DURATION, "FLEET_KEEP_OUTPUT");
     for name in ["w1", "w2", "w3"] {
-        fleet.spawn(name).await;
+        fleet.spawn(name, &endpoint).await;
     }
     let store = DynamoLeaseStore::new(local.dynamodb_client(), &app);
     let first = &fleet.workers["w1"];
@@ -356,7 +271,7 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     let terminated_at = Instant::now();
     let terminated_wall = wall_nanos();
     println!("fleet: SIGTERM {leaver_name} holding {leaver_held:?} at {}", progress());
-    fleet.spawn("w4").await;
+    fleet.spawn("w4", &endpoint).await;
     let handoff = wait_moved(&store, &leaver_id, &leaver_held, &fleet.live_ids(), terminated_at).await;
     let status = leaver.wait_exit(Duration::from_secs(30)).await;
     let exited_after = terminated_at.elapsed();
@@ -372,7 +287,7 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     // Every change reaches some output.
     let wanted: HashSet<(String, Label)> =
         plan.expected.iter().flat_map(|(pk, labels)| labels.iter().map(move |l| (pk.clone(), l.clone()))).collect();
-    let paths: Vec<PathBuf> = fleet.outputs.values().cloned().collect();
+    let paths: Vec<PathBuf> = fleet.files.values().map(|f| f.path.clone()).collect();
     let (paths, wanted) = (&paths, &wanted);
     eventually("every change to be processed", DRAIN_TIMEOUT, Duration::from_millis(500), || async move {
         let got: HashSet<(String, Label)> = paths.iter().flat_map(|p| seen(p)).collect();
@@ -408,16 +323,13 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     .await;
     println!("fleet: unfinished leases per live worker at the end: {spread:?}");
 
-    // Stop the rest gracefully.
-    for (_, mut worker) in std::mem::take(&mut fleet.workers) {
-        worker.sigterm();
-        let status = worker.wait_exit(Duration::from_secs(30)).await;
-        assert!(status.success(), "{} exited with {status}\n{}", worker.name, worker.log_tail(40));
-    }
+    // Stop the rest gracefully (each must exit with 0).
+    fleet.stop_all().await;
 
     // Judge the outputs.
     let mut outputs = Outputs::default();
-    for (name, path) in &fleet.outputs {
+    for (name, file) in &fleet.files {
+        let path = &file.path;
         outputs.read_file(path, *name == victim_name).unwrap_or_else(|e| panic!("{e}"));
     }
     let timelines = outputs.timelines().unwrap_or_else(|e| panic!("{e}"));
@@ -431,11 +343,7 @@ async fn fleet_survives_kill_terminate_and_rollovers() {
     assert_eq!(timelines.len(), plan.expected.len(), "records of items that were never written");
     let dups = check_duplicates(&outputs, MAX_BATCH).unwrap_or_else(|e| panic!("{e}"));
     // The stopped worker released its leases: nobody took one from it as expired.
-    let takes: Vec<_> = fleet
-        .outputs
-        .keys()
-        .flat_map(|name| logged_takes(&fleet.dir.path().join(format!("w-{name}.log")), &Fleet::worker_id(name)))
-        .collect();
+    let takes: Vec<_> = fleet.files.values().flat_map(|f| logged_takes(&f.log, &f.worker_id)).collect();
     let expired = expired_takes_from(&takes, &leaver_id, &leaver_held, terminated_wall);
     assert!(expired.is_empty(), "the graceful stop of {leaver_id} did not release its leases: {expired:?}");
     let killed_takes = expired_takes_from(&takes, &victim_id, &victim_held, killed_wall).len();

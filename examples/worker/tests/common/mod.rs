@@ -1,6 +1,9 @@
 //! Running `worker` processes in tests: spawning them against DynamoDB Local, finding their
 //! metrics address, signalling them, and killing every one of them when a test ends, also on a
-//! panic.
+//! panic. The submodules: [`chaos`] (a fleet under faults and the verdict on it), [`leases`]
+//! (who holds what, whether leases moved, the takes the workers logged), [`outputs`] (the jsonl
+//! outputs), [`proxy`] (a loopback proxy that can cut a worker off and counts the operations
+//! that pass, read by [`sniff`]) and [`iam`] (the IAM policy against those operations).
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
