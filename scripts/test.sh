@@ -25,4 +25,12 @@ export KCL_TOOLS_DIR="${KCL_TOOLS_DIR:-$HOME/.cache/kcl-tools}"
 bash .ci/audit.sh
 
 step "tests (unit, contract, scenario, seeded soak, DynamoDB Local, fleet of processes)"
-cargo test --workspace --all-features --no-fail-fast
+# The output is kept to add up the test binaries' results into one closing line (the last
+# binary cargo runs, a crate's doctests, has none of its own).
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+status=0
+cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$results" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$results"
+exit "$status"
