@@ -254,3 +254,56 @@ fn requests_are_read_off_the_wire() {
     chunked.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert!(chunked.broken.is_some(), "a chunked body must not be guessed at");
 }
+
+/// One worker's jsonl output: `initialize` at `began`, records `seqs` at `at`, then the end line
+/// (`None`: killed).
+fn output(worker: &str, began: u64, seqs: &[u64], at: u64, end: Option<(&str, u64)>) -> String {
+    let life = |what: &str, ts: u64| {
+        format!(r#"{{"lifecycle":"{what}","checkpoint":"TRIM_HORIZON","shard":"s","ts":{ts},"worker":"{worker}"}}"#)
+    };
+    let mut lines = vec![life("initialize", began)];
+    for seq in seqs {
+        lines.push(format!(
+            r#"{{"event":"MODIFY","keys":{{"pk":"a{seq}"}},"old_v":1,"seq":"{seq}","shard":"s","ts":{at},"v":2,"worker":"{worker}"}}"#
+        ));
+    }
+    if let Some((what, ts)) = end {
+        lines.push(life(what, ts));
+    }
+    lines.join("\n") + "\n"
+}
+
+fn duplicates_of(files: &[(&str, String, bool)]) -> Result<common::outputs::Duplicates, String> {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut outputs = common::outputs::Outputs::default();
+    for (name, text, killed) in files {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        outputs.read_file(&path, *killed).unwrap_or_else(|e| panic!("{e}"));
+    }
+    common::outputs::check_duplicates(&outputs, 1000)
+}
+
+#[test]
+fn duplicates_are_blamed_on_the_tenure_that_lost_its_lease() {
+    let owner = output("w2", 100, &[10, 11, 12], 110, Some(("shutdown_requested", 200)));
+    // A killed worker's uncheckpointed tail, processed again by the next owner: allowed.
+    let killed = output("w1", 0, &[10, 11, 12], 50, None);
+    let d = duplicates_of(&[("w1", killed, true), ("w2", owner.clone(), false)]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d.after_kill, d.after_lease_loss), (3, 0));
+    // Seen in a chaos drain: w2 stole the lease, processed and stopped gracefully; w1, which had
+    // not learnt of the steal yet, began its tenure before w2's ended and delivered the same
+    // records later. The repeats are w1's, not w2's: allowed.
+    let stale = output("w1", 150, &[10, 11, 12], 205, Some(("lease_lost", 210)));
+    let d = duplicates_of(&[("w1", stale, false), ("w2", owner.clone(), false)]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d.after_kill, d.after_lease_loss), (0, 3));
+    assert_eq!(d.repeated.iter().filter(|r| **r).count(), 3);
+    // A tenure begun after w2's graceful stop delivering what w2 had checkpointed: caught.
+    let late = output("w1", 250, &[10, 11, 12], 260, Some(("lease_lost", 270)));
+    let err = duplicates_of(&[("w1", late, false), ("w2", owner.clone(), false)]).err();
+    assert!(err.as_deref().is_some_and(|e| e.contains("in a tenure begun after")), "{err:?}");
+    // Two tenures that both ended gracefully delivering the same records: caught.
+    let twice = output("w1", 250, &[10, 11, 12], 260, Some(("shutdown_requested", 270)));
+    let err = duplicates_of(&[("w1", twice, false), ("w2", owner, false)]).err();
+    assert!(err.as_deref().is_some_and(|e| e.contains("that ended with Shutdown")), "{err:?}");
+}

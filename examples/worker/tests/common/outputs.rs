@@ -50,6 +50,10 @@ pub(crate) struct Tenure {
     pub(crate) end: TenureEnd,
     /// Indexes into [`Outputs::occurrences`], in file order.
     pub(crate) records: Vec<usize>,
+    /// Wall-clock nanoseconds of its `initialize` line, and of its end line (`None` when the
+    /// worker was killed holding the shard).
+    pub(crate) began: u64,
+    pub(crate) ended: Option<u64>,
 }
 
 /// Everything the fleet wrote.
@@ -89,6 +93,7 @@ impl Outputs {
             let line: Value = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
             let worker = line["worker"].as_str().ok_or_else(|| bad("no worker".into()))?.to_owned();
             let shard = line["shard"].as_str().ok_or_else(|| bad("no shard".into()))?.to_owned();
+            let at = line["ts"].as_u64().ok_or_else(|| bad("no ts".into()))?;
             if let Some(what) = line["lifecycle"].as_str() {
                 let end = match what {
                     "initialize" => {
@@ -100,6 +105,8 @@ impl Outputs {
                             shard: shard.clone(),
                             end: TenureEnd::Killed,
                             records: Vec::new(),
+                            began: at,
+                            ended: None,
                         });
                         open.insert(shard, self.tenures.len() - 1);
                         continue;
@@ -112,13 +119,14 @@ impl Outputs {
                 // A lease lost while waiting on parents has no tenure: nothing was delivered.
                 if let Some(t) = open.remove(&shard) {
                     self.tenures[t].end = end;
+                    self.tenures[t].ended = Some(at);
                 }
                 continue;
             }
             let tenure = *open.get(&shard).ok_or_else(|| bad("record outside a tenure".into()))?;
             let seq = line["seq"].as_str().and_then(|s| s.parse::<u128>().ok()).ok_or_else(|| bad("bad seq".into()))?;
             let pk = line["keys"]["pk"].as_str().ok_or_else(|| bad("no keys.pk".into()))?.to_owned();
-            let ts = line["ts"].as_u64().ok_or_else(|| bad("no ts".into()))?;
+            let ts = at;
             let label = label_of(&line).map_err(bad)?;
             self.tenures[tenure].records.push(self.occurrences.len());
             self.occurrences.push(Occurrence { worker, shard, seq, pk, label, ts, tenure });
@@ -176,40 +184,76 @@ pub(crate) struct Duplicates {
     pub(crate) after_lease_loss: usize,
     /// The largest number of repeated records in one tenure.
     pub(crate) largest_tail: usize,
+    /// Per occurrence: whether it is a repetition (an extra delivery the promises allow).
+    pub(crate) repeated: Vec<bool>,
 }
 
-/// Checks that records are processed more than once only in the uncheckpointed tail of a
-/// tenure that ended by a kill or a lost lease: never after a shard end or a graceful
-/// shutdown. `max_tail` bounds a tail (one batch, as the processor checkpoints every batch).
+/// Checks that records are processed more than once only by tenures that ended by a kill or
+/// a lost lease, never twice by tenures that ended with a shard end or a graceful shutdown
+/// (those checkpointed what they processed). A lost tenure's extra delivery is either its
+/// uncheckpointed tail, repeated by a later owner, or a delivery of a worker that had lost the
+/// lease without knowing it yet (a steal or an expiry is learnt at the next renewal): its
+/// tenure began before the completed tenure that also delivered the record ended. A record a
+/// completed tenure processed and a tenure begun after that one ended processed again is a
+/// violation (a new owner that did not start after the checkpoint). The repeated records of a
+/// tenure must be its tail, at most `max_tail` long (one batch: the processor checkpoints every
+/// batch).
 pub(crate) fn check_duplicates(outputs: &Outputs, max_tail: usize) -> Result<Duplicates, String> {
     let mut by_seq: HashMap<u128, Vec<usize>> = HashMap::new();
     for (i, o) in outputs.occurrences.iter().enumerate() {
         by_seq.entry(o.seq).or_default().push(i);
     }
+    let tenure_of = |i: usize| &outputs.tenures[outputs.occurrences[i].tenure];
+    let completed = |i: usize| matches!(tenure_of(i).end, TenureEnd::ShardEnded | TenureEnd::Shutdown);
     let mut repeated = vec![false; outputs.occurrences.len()];
     let mut found = Duplicates::default();
     for indexes in by_seq.values().filter(|v| v.len() > 1) {
         let mut sorted = indexes.clone();
         sorted.sort_by_key(|i| outputs.occurrences[*i].ts);
-        let Some((_, earlier)) = sorted.split_last() else { continue };
-        for &i in earlier {
+        let again = || -> Vec<String> {
+            let list = sorted.iter().map(|j| (&outputs.occurrences[*j], tenure_of(*j).end));
+            list.map(|(d, end)| format!("{} at {} (tenure ended {end:?})", d.worker, d.ts)).collect()
+        };
+        let done: Vec<usize> = sorted.iter().copied().filter(|i| completed(*i)).collect();
+        // The delivery that stands: the completed one, else the last.
+        let kept = match done.as_slice() {
+            [] => sorted[sorted.len() - 1],
+            [one] => *one,
+            [first, ..] => {
+                let o = &outputs.occurrences[*first];
+                return Err(format!(
+                    "record {} ({} {:?}) of shard {} was processed by {} in a tenure that ended with {:?}, and \
+                     processed again: {:?}",
+                    o.seq,
+                    o.pk,
+                    o.label,
+                    o.shard,
+                    o.worker,
+                    tenure_of(*first).end,
+                    again()
+                ));
+            }
+        };
+        let (kept_at, kept_ended) = (outputs.occurrences[kept].ts, tenure_of(kept).ended);
+        for &i in sorted.iter().filter(|i| **i != kept) {
             let o = &outputs.occurrences[i];
-            let tenure = &outputs.tenures[o.tenure];
+            let tenure = tenure_of(i);
+            let explained = o.ts < kept_at || kept_ended.is_none_or(|end| tenure.began < end);
+            if !explained {
+                return Err(format!(
+                    "record {} ({} {:?}) of shard {} was processed again by {} in a tenure begun after the tenure \
+                     that had processed it ended: {:?}",
+                    o.seq,
+                    o.pk,
+                    o.label,
+                    o.shard,
+                    o.worker,
+                    again()
+                ));
+            }
             match tenure.end {
                 TenureEnd::Killed => found.after_kill += 1,
-                TenureEnd::LeaseLost => found.after_lease_loss += 1,
-                TenureEnd::ShardEnded | TenureEnd::Shutdown => {
-                    let again: Vec<String> = indexes
-                        .iter()
-                        .map(|j| &outputs.occurrences[*j])
-                        .map(|d| format!("{} at {}", d.worker, d.ts))
-                        .collect();
-                    return Err(format!(
-                        "record {} ({} {:?}) of shard {} was processed by {} in a tenure that ended with {:?}, and \
-                         processed again: {again:?}",
-                        o.seq, o.pk, o.label, o.shard, o.worker, tenure.end
-                    ));
-                }
+                _ => found.after_lease_loss += 1,
             }
             repeated[i] = true;
         }
@@ -235,6 +279,7 @@ pub(crate) fn check_duplicates(outputs: &Outputs, max_tail: usize) -> Result<Dup
         }
         found.largest_tail = found.largest_tail.max(tail);
     }
+    found.repeated = repeated;
     Ok(found)
 }
 

@@ -178,11 +178,13 @@ pub(crate) fn judge_final_table(
                 .push(format!("open shard {} ends at {:?}, its last record is {want:?}", shard.id, lease.checkpoint));
         }
         // The last tenure that delivered records of the open shard ended gracefully at its
-        // last record.
+        // last record. A tenure that ended with its lease lost is no candidate: a worker that
+        // had lost the lease without knowing it yet may deliver after the real owner (its
+        // records are judged as repeats by check_duplicates).
         let tenure = outputs
             .tenures
             .iter()
-            .filter(|t| t.shard == shard.id)
+            .filter(|t| t.shard == shard.id && t.end != TenureEnd::LeaseLost)
             .filter_map(|t| Some((outputs.occurrences[*t.records.last()?].ts, t)))
             .max_by_key(|(ts, _)| *ts)
             .map(|(_, t)| t);

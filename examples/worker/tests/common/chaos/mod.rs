@@ -80,8 +80,11 @@ pub(crate) const MAX_BATCH: usize = 1000;
 /// Time between clock ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// A lease taken this soon after SIGCONT counts as taken during the pause: the worker's first
-/// renewal after it raced the take and lost.
-pub(crate) const TAKEN_AFTER_CONT: Duration = Duration::from_secs(1);
+/// renewal after it raced the take and lost. That renewal may take up to its call's time limit
+/// (a third of the 6 s lease duration) on a loaded machine; a take that applied means the
+/// renewal did not land first, so the worker was past its fencing window and must not have
+/// started a batch of that shard after SIGCONT either.
+pub(crate) const TAKEN_AFTER_CONT: Duration = Duration::from_secs(2);
 /// After a cut connection is restored, the worker's calls may still be in the SDK's retry
 /// backoff for this long: until then peers may still judge it dead.
 pub(crate) const RECONNECT_GRACE: Duration = Duration::from_secs(5);

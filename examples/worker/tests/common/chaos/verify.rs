@@ -254,10 +254,16 @@ pub(crate) fn verify(ev: &Evidence<'_>) -> Figures {
         }
     }
     figures.tenures = outputs.tenures.len();
-    match check_duplicates(&outputs, MAX_BATCH) {
-        Ok(d) => figures.largest_tail = d.largest_tail,
-        Err(e) => problems.push(format!("duplicates: {e}")),
-    }
+    let repeated = match check_duplicates(&outputs, MAX_BATCH) {
+        Ok(d) => {
+            figures.largest_tail = d.largest_tail;
+            d.repeated
+        }
+        Err(e) => {
+            problems.push(format!("duplicates: {e}"));
+            Vec::new()
+        }
+    };
     // A tenure ended by a pause: its worker was stopped after its first record, the shard was
     // taken while it was stopped, and nothing of the tenure was rendered after SIGCONT.
     let paused_tenure = |t: usize| -> bool {
@@ -268,23 +274,13 @@ pub(crate) fn verify(ev: &Evidence<'_>) -> Figures {
             *worker == tenure.worker && *shard == tenure.shard && *stop >= from && to <= *cont
         })
     };
-    let mut by_seq: HashMap<&SequenceNumber, Vec<usize>> = HashMap::new();
-    let seqs: Vec<SequenceNumber> = outputs.occurrences.iter().map(|o| SequenceNumber::from_u128(o.seq)).collect();
-    for (i, s) in seqs.iter().enumerate() {
-        by_seq.entry(s).or_default().push(i);
-    }
-    for list in by_seq.values().filter(|l| l.len() > 1) {
-        let mut sorted = list.clone();
-        sorted.sort_by_key(|i| outputs.occurrences[*i].ts);
-        for &i in &sorted[..sorted.len() - 1] {
-            let t = outputs.occurrences[i].tenure;
-            match outputs.tenures[t].end {
-                TenureEnd::Killed => figures.dup_after_kill += 1,
-                TenureEnd::LeaseLost if paused_tenure(t) => figures.dup_after_pause += 1,
-                TenureEnd::LeaseLost => figures.dup_after_lease_loss += 1,
-                // check_duplicates reported these.
-                TenureEnd::Shutdown | TenureEnd::ShardEnded => {}
-            }
+    for (i, _) in repeated.iter().enumerate().filter(|(_, r)| **r) {
+        let t = outputs.occurrences[i].tenure;
+        match outputs.tenures[t].end {
+            TenureEnd::Killed => figures.dup_after_kill += 1,
+            TenureEnd::LeaseLost if paused_tenure(t) => figures.dup_after_pause += 1,
+            // check_duplicates repeats only lost tenures' deliveries.
+            _ => figures.dup_after_lease_loss += 1,
         }
     }
 
