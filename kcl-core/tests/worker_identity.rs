@@ -125,3 +125,33 @@ async fn a_restart_after_a_crash_with_the_same_id_takes_over_its_leases() {
     fleet.stop_all().await;
     fleet.check().await.assert_ok();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_the_table_gives_this_worker_without_a_consumer_is_not_left_to_expire() {
+    // As after a take whose answer was lost: the table shows the worker as owner, but the
+    // worker has no consumer for the lease. Here the worker is at its lease cap, so it releases
+    // the lease; below the cap it takes it back.
+    common::init_tracing();
+    let sim = StreamSimulator::builder().seed(6).initial_shards(3).build();
+    let mut fleet = Fleet::new(sim, MemoryLeaseStore::new());
+    fleet.tune = |b| b.max_leases_per_worker(2);
+    fleet.start("w");
+    fleet.wait_for(Duration::from_secs(30), "w at its cap", |f| f.handle("w").status().leases_held() == 2).await;
+    let mut orphan = fleet
+        .store
+        .leases()
+        .into_iter()
+        .find(|l| !l.key.is_heartbeat() && l.owner.is_none())
+        .unwrap_or_else(|| panic!("one lease is left unowned"));
+    orphan.owner = Some(WorkerId::new("w"));
+    orphan.counter += 1;
+    let key = orphan.key.clone();
+    fleet.store.seed(orphan);
+    let released = fleet
+        .wait_for(LEASE_DURATION * 2, "the lease released", |f| {
+            f.store.get_now(&key).is_some_and(|l| l.owner.is_none())
+        })
+        .await;
+    println!("a lease owned without a consumer was released after {released:?}");
+    fleet.stop_all().await;
+}

@@ -395,7 +395,7 @@ impl<S: LeaseStore> Coordinator<S> {
             )
             .collect();
         let held_now = self.held_count();
-        let plan = plan_takes(
+        let mut plan = plan_takes(
             me,
             &candidates,
             &live,
@@ -403,6 +403,23 @@ impl<S: LeaseStore> Coordinator<S> {
             self.config.max_leases_per_worker,
             self.seed ^ self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
+        // A lease the table shows as this worker's that no consumer of it holds (a take whose
+        // answer was lost, an earlier run of this id) is taken back at once, whatever the
+        // balance: otherwise it is neither consumed nor renewed, nor released on a graceful
+        // stop, until peers judge it expired.
+        // Past `max_leases_per_worker`, such a lease is released instead, for others to take.
+        if !twin {
+            for l in shard_leases.iter().filter(|l| l.is_owned_by(me) && !held_keys.contains(&l.key)) {
+                if plan.iter().any(|(k, _)| k == &l.key) {
+                    continue;
+                }
+                if held_now + plan.len() < self.config.max_leases_per_worker {
+                    plan.push((l.key.clone(), TakeReason::Expired));
+                } else if let Ok(LeaseUpdate::Applied(_)) = self.store.release(l).await {
+                    tracing::info!(shard = %l.key, "released a lease this worker owned without consuming it");
+                }
+            }
+        }
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
             TableSnapshot { leases: items.clone(), taken_at: Some(now) };
         if plan.is_empty() {
