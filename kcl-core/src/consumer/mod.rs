@@ -399,7 +399,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
         tracing::info!(shard = %held.shard_id, "shard processed to its end");
         self.metrics.shards_ended.inc();
-        if self.shard_ended.try_send(held.shard_id.clone()).is_err() {
+        if !tell_shard_ended(&self.shard_ended, &held.shard_id) {
             tracing::info!(shard = %held.shard_id, "shard sync is busy; the periodic sync will create the children");
         }
         self.release(held).await;
@@ -472,7 +472,30 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     }
 }
 
+/// Tells shard sync that `shard` ended, without waiting: the queue is bounded, and when it is
+/// full (or sync has stopped) the periodic sync creates the children instead. False then.
+fn tell_shard_ended(queue: &mpsc::Sender<ShardId>, shard: &ShardId) -> bool {
+    queue.try_send(shard.clone()).is_ok()
+}
+
 fn lag_of<R: StreamRecord>(records: &[R]) -> Option<Duration> {
     let created = records.last()?.approximate_creation_time()?;
     Some(SystemTime::now().duration_since(created).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_shard_end_queue_never_holds_the_consumer() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let (a, b) = (ShardId::new("a"), ShardId::new("b"));
+        assert!(tell_shard_ended(&tx, &a));
+        // Full: returns at once (the periodic sync covers `b`) instead of waiting for room.
+        assert!(!tell_shard_ended(&tx, &b));
+        assert_eq!(rx.recv().await, Some(a));
+        drop(rx);
+        assert!(!tell_shard_ended(&tx, &b), "sync stopped");
+    }
 }
