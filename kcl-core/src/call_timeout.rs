@@ -81,6 +81,10 @@ impl<L: LeaseStore> LeaseStore for TimedStore<L> {
         self.limited("release", self.inner.release(expected)).await
     }
 
+    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.limited("handoff request", self.inner.request_handoff(heartbeat, shard)).await
+    }
+
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.limited("delete", self.inner.delete(expected)).await
     }
@@ -167,6 +171,9 @@ mod tests {
             std::future::pending().await
         }
         async fn release(&self, _: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
+            std::future::pending().await
+        }
+        async fn request_handoff(&self, _: &Lease, _: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
             std::future::pending().await
         }
         async fn delete(&self, _: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

@@ -42,6 +42,23 @@ pub enum OnStall {
     ReleaseLease,
 }
 
+/// How a worker proves that it still owns its leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LeaseRenewal {
+    /// Only the worker's heartbeat item is renewed (every lease duration / 3); a held lease
+    /// is written only when something changes (take, checkpoint, handoff, release). Peers
+    /// judge a lease expired when its owner's heartbeat stopped changing. Lease-table writes
+    /// grow with the number of workers, not with the number of leases (default).
+    #[default]
+    Heartbeat,
+    /// Every held lease is renewed too, every lease duration / 3, as Java KCL does, and a
+    /// lease whose counter stops changing is expired even while its owner's heartbeat lives.
+    /// One write per lease every few seconds; for comparison, or for a fleet that still runs
+    /// workers of a version that judges leases by their counters during an upgrade.
+    EveryLease,
+}
+
 /// Default time without progress after which a held shard counts as stalled.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(300);
 
@@ -150,6 +167,7 @@ pub struct Config {
     pub(crate) lease_call_timeout: Duration,
     pub(crate) source_call_timeout: Duration,
     pub(crate) max_concurrent_renewals: usize,
+    pub(crate) lease_renewal: LeaseRenewal,
 }
 
 impl Config {
@@ -181,6 +199,7 @@ impl Config {
                 lease_call_timeout: DEFAULT_LEASE_DURATION / 3,
                 source_call_timeout: DEFAULT_SOURCE_CALL_TIMEOUT,
                 max_concurrent_renewals: DEFAULT_MAX_CONCURRENT_RENEWALS,
+                lease_renewal: LeaseRenewal::Heartbeat,
             },
             take_interval_set: false,
             lease_call_timeout_set: false,
@@ -361,6 +380,12 @@ impl ConfigBuilder {
     /// count here.
     pub fn max_concurrent_renewals(mut self, n: usize) -> Self {
         self.config.max_concurrent_renewals = n;
+        self
+    }
+    /// What is renewed to keep leases. Default [`LeaseRenewal::Heartbeat`]: the heartbeat
+    /// only. [`LeaseRenewal::EveryLease`] renews each held lease too, as Java KCL does.
+    pub fn lease_renewal(mut self, renewal: LeaseRenewal) -> Self {
+        self.config.lease_renewal = renewal;
         self
     }
 

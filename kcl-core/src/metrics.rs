@@ -16,6 +16,7 @@ pub struct Metrics {
     pub(crate) iterator_age_seconds: IntGauge,
     pub(crate) leases_held: IntGauge,
     pub(crate) lease_takes: IntCounterVec,
+    pub(crate) lease_handoffs: IntCounterVec,
     pub(crate) leases_lost: IntCounter,
     pub(crate) renewal_failures: IntCounter,
     pub(crate) read_seconds: HistogramVec,
@@ -72,8 +73,18 @@ impl Metrics {
             )?,
             leases_held: IntGauge::new("kcl_leases_held", "Shard leases this worker owns")?,
             lease_takes: IntCounterVec::new(
-                Opts::new("kcl_lease_takes_total", "Leases taken, by reason (unowned, expired, stolen)"),
+                Opts::new(
+                    "kcl_lease_takes_total",
+                    "Leases taken, by reason (unowned, expired, handed_over on request, stolen from an owner that did not answer)",
+                ),
                 &["reason"],
+            )?,
+            lease_handoffs: IntCounterVec::new(
+                Opts::new(
+                    "kcl_lease_handoffs_total",
+                    "Lease handoffs for balancing, by side (asked: requests this worker sent; given: leases it handed over)",
+                ),
+                &["side"],
             )?,
             leases_lost: IntCounter::new("kcl_leases_lost_total", "Leases this worker lost to another worker")?,
             renewal_failures: IntCounter::new(
@@ -161,6 +172,7 @@ impl Metrics {
         registry.register(Box::new(m.iterator_age_seconds.clone()))?;
         registry.register(Box::new(m.leases_held.clone()))?;
         registry.register(Box::new(m.lease_takes.clone()))?;
+        registry.register(Box::new(m.lease_handoffs.clone()))?;
         registry.register(Box::new(m.leases_lost.clone()))?;
         registry.register(Box::new(m.renewal_failures.clone()))?;
         registry.register(Box::new(m.read_seconds.clone()))?;

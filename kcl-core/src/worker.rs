@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::call_timeout::{TimedSource, TimedStore};
-use crate::config::{Config, OnStall};
+use crate::config::{Config, LeaseRenewal, OnStall};
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
@@ -276,7 +276,9 @@ where
         let every = self.config.renew_interval();
         // The heartbeat has its own timer: it never waits behind lease renewals.
         tasks.spawn(heartbeat_loop(coordinator.clone(), every, background.clone()).in_current_span());
-        tasks.spawn(renew_loop(coordinator.clone(), every, background.clone()).in_current_span());
+        if self.config.lease_renewal == LeaseRenewal::EveryLease {
+            tasks.spawn(renew_loop(coordinator.clone(), every, background.clone()).in_current_span());
+        }
         tasks.spawn(sync.run(ended_rx, background.clone()).in_current_span());
 
         let mut consumers = Consumers::default();
@@ -402,7 +404,14 @@ where
             let task = consumers.set.spawn(ctx.clone().run(held, self.factory.clone()).instrument(span));
             consumers.by_task.insert(task.id(), key);
         }
-        let wait = if outcome.contended { self.config.heartbeat_poll_interval } else { self.config.take_interval };
+        let wait = if outcome.contended {
+            self.config.heartbeat_poll_interval
+        } else if outcome.asked {
+            // The owners read the requests with their next heartbeat renewal.
+            self.config.take_interval.min(self.config.renew_interval() + self.config.heartbeat_poll_interval)
+        } else {
+            self.config.take_interval
+        };
         Instant::now() + wait
     }
 }

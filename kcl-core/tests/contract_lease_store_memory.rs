@@ -53,6 +53,8 @@ mod broken_stores {
         UpsertsMissing,
         /// Parent ids come back in another order: harmless, they are a set.
         ReordersParents,
+        /// A handoff request bumps the heartbeat's counter (its owner's renewal then fails).
+        HandoffRequestBumpsCounter,
     }
 
     #[derive(Clone, Debug)]
@@ -154,6 +156,18 @@ mod broken_stores {
             }
         }
 
+        async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+            let update = self.inner.request_handoff(&self.as_stored(heartbeat), shard).await?;
+            match update {
+                LeaseUpdate::Applied(mut l) if self.bug == Bug::HandoffRequestBumpsCounter => {
+                    l.counter += 1;
+                    self.inner.seed(l.clone());
+                    Ok(LeaseUpdate::Applied(l))
+                }
+                other => Ok(self.fix_update(other)),
+            }
+        }
+
         async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
             Ok(self.fix_update(self.inner.delete(&self.as_stored(expected)).await?))
         }
@@ -188,6 +202,9 @@ mod broken_stores {
         async fn renew(s: Broken) {
             lease_store::check_renew(&s).await
         }
+        async fn handoff(s: Broken) {
+            lease_store::check_handoff_requests(&s).await
+        }
         async fn take(s: Broken) {
             lease_store::check_take(&s).await
         }
@@ -221,6 +238,7 @@ mod broken_stores {
         assert_caught(Bug::EmptyOwner, owner_none, "owner_none_round_trips").await;
         assert_caught(Bug::ReturnsCallerCopy, attributes, "writes_change_only_their_attributes").await;
         assert_caught(Bug::UpsertsMissing, missing, "writes_to_missing_items").await;
+        assert_caught(Bug::HandoffRequestBumpsCounter, handoff, "handoff_requests").await;
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kcl_core::testing::memory_store::{LeaseOp, MemoryLeaseStore};
 use kcl_core::testing::recording::{DeliveryLog, RecordingProcessorFactory};
 use kcl_core::testing::sim::{ChangeKind, StreamSimulator};
-use kcl_core::{Config, LeaseKey, Metrics, Worker, WorkerId};
+use kcl_core::{Config, LeaseKey, LeaseRenewal, Metrics, Worker, WorkerId};
 use tokio::time::Instant;
 
 const LEASES: usize = 10_000;
@@ -27,6 +27,9 @@ async fn ten_thousand_leases_on_a_slow_table_stay_renewed() {
         .worker_id("w")
         // Idle shards poll rarely here: the test is about the lease table.
         .idle_time_between_reads(Duration::from_secs(30))
+        // Per-lease renewals (Java KCL's way, kept as an option): by default only the
+        // heartbeat is renewed, and nothing here would be renewed at all.
+        .lease_renewal(LeaseRenewal::EveryLease)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let fence = config.fence_after();

@@ -30,6 +30,9 @@ pub mod attribute {
     pub const PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "pendingCheckpointSubSequenceNumber";
     /// B: application state of the pending checkpoint (KCL; removed with it).
     pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+    /// SS, on a worker heartbeat only (not a KCL attribute): the shard leases other workers
+    /// asked this worker to hand over; absent when there are none.
+    pub const HANDOFF_REQUESTS: &str = "handoffRequests";
 }
 
 use attribute as a;
@@ -55,7 +58,15 @@ pub(crate) fn to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     if let Some(pending) = &lease.pending_checkpoint {
         item.insert(a::PENDING_CHECKPOINT.to_owned(), AttributeValue::S(pending.to_store_string()));
     }
+    if let Some(set) = key_set(&lease.handoff_requests) {
+        item.insert(a::HANDOFF_REQUESTS.to_owned(), set);
+    }
     item
+}
+
+/// A string set of lease keys, `None` when empty (DynamoDB has no empty sets).
+pub(crate) fn key_set(keys: &[LeaseKey]) -> Option<AttributeValue> {
+    (!keys.is_empty()).then(|| AttributeValue::Ss(keys.iter().map(|k| k.as_str().to_owned()).collect()))
 }
 
 /// A number attribute.
@@ -131,6 +142,7 @@ pub(crate) fn from_item(table: &str, item: &HashMap<String, AttributeValue>) -> 
         parent_shard_ids: shard_set(a::PARENT_SHARD_ID)?,
         child_shard_ids: shard_set(a::CHILD_SHARD_IDS)?,
         owner_switches_since_checkpoint: counter(a::OWNER_SWITCHES_SINCE_CHECKPOINT, false)?,
+        handoff_requests: shard_set(a::HANDOFF_REQUESTS)?.iter().map(LeaseKey::for_shard).collect(),
     })
 }
 
@@ -187,7 +199,10 @@ mod tests {
     fn round_trips_and_omits_empty_sets() {
         let mut lease = from_item("t", &kcl_item()).unwrap_or_else(|e| panic!("{e}"));
         lease.pending_checkpoint = Some(Checkpoint::ShardEnd);
+        lease.handoff_requests = vec![LeaseKey::from_raw("shardId-1"), LeaseKey::from_raw("shardId-2")];
         assert_eq!(from_item("t", &to_item(&lease)).ok(), Some(lease.clone()));
+        lease.handoff_requests.clear();
+        assert!(!to_item(&lease).contains_key(a::HANDOFF_REQUESTS));
         lease.parent_shard_ids.clear();
         lease.owner = None;
         let item = to_item(&lease);

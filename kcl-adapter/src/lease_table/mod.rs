@@ -88,7 +88,15 @@ impl DynamoLeaseStore {
             names.insert(placeholder.to_owned(), attr.to_owned());
         };
         let expression = match change {
-            Change::Renew => "SET #counter = :next_counter".to_owned(),
+            // The requests the owner has seen (in its last renewal's answer) are done with.
+            Change::Renew => match item::key_set(&expected.handoff_requests) {
+                Some(seen) => {
+                    name("#requests", a::HANDOFF_REQUESTS);
+                    values.insert(":seen".to_owned(), seen);
+                    "SET #counter = :next_counter DELETE #requests :seen".to_owned()
+                }
+                None => "SET #counter = :next_counter".to_owned(),
+            },
             Change::Take(new_owner) => {
                 values.insert(":new_owner".to_owned(), AttributeValue::S(new_owner.as_str().to_owned()));
                 if expected.owner.as_ref() == Some(new_owner) {
@@ -232,6 +240,28 @@ impl LeaseStore for DynamoLeaseStore {
 
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.update("release", expected, Change::Release).await
+    }
+
+    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+        let Some(owner) = &heartbeat.owner else { return Ok(LeaseUpdate::Lost) };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&*self.table)
+            .set_key(Some(self.key(&heartbeat.key)))
+            .update_expression("ADD #requests :shard")
+            .condition_expression("#owner = :owner")
+            .expression_attribute_names("#requests", a::HANDOFF_REQUESTS)
+            .expression_attribute_names("#owner", a::LEASE_OWNER)
+            .expression_attribute_values(":shard", AttributeValue::Ss(vec![shard.as_str().to_owned()]))
+            .expression_attribute_values(":owner", AttributeValue::S(owner.as_str().to_owned()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => self.applied("handoff request", &heartbeat.key, out.attributes),
+            Err(err) => self.lost_or_error("handoff request", &heartbeat.key, err),
+        }
     }
 
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

@@ -85,13 +85,26 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             .build()
     }
 
-    /// Sleeps, unless the lease is lost or shutdown begins first.
+    /// Sleeps, unless the lease is lost or shutdown (or a handoff) begins first.
     async fn pause(&self, held: &HeldLease, d: Duration) -> Result<(), Interrupted> {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = held.lost_token().cancelled() => Err(Interrupted::LeaseLost),
-            _ = self.shutdown.cancelled() => Err(Interrupted::Shutdown),
+            () = self.stop_requested(held) => Err(Interrupted::Shutdown),
         }
+    }
+
+    /// Resolves when this shard is to stop gracefully: the worker shuts down, or another
+    /// worker asked for the lease (a handoff runs exactly as a shutdown of this shard).
+    async fn stop_requested(&self, held: &HeldLease) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = held.handoff_token().cancelled() => {}
+        }
+    }
+
+    fn is_stopping(&self, held: &HeldLease) -> bool {
+        self.shutdown.is_cancelled() || held.handoff_requested()
     }
 
     /// Runs one shard until it ends, the lease is lost or shutdown completes. The processor
@@ -322,7 +335,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             let next = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
-                _ = self.shutdown.cancelled() => {
+                () = self.stop_requested(held) => {
                     return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                 }
                 next = rx.recv() => next,
@@ -337,7 +350,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 }
                 Some(Fetched::End) => return Box::pin(self.end_shard(held, processor, checkpointer)).await,
                 // The reader stopped without an end: only when interrupted.
-                None if self.shutdown.is_cancelled() => Err(Interrupted::Shutdown),
+                None if self.is_stopping(held) => Err(Interrupted::Shutdown),
                 None => Err(Interrupted::LeaseLost),
             };
             match handled {
@@ -378,10 +391,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         checkpointer: &LeaseCheckpointer<L>,
     ) -> ConsumerExit {
         if self.wait_until_valid(held).await.is_err() {
-            return if self.shutdown.is_cancelled() { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+            return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
         }
         if self.shard_ended_call(held, processor, checkpointer).await.is_err() {
-            return if self.shutdown.is_cancelled() { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+            return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
         }
         let mut backoff = self.backoff();
         loop {

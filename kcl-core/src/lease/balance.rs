@@ -18,6 +18,8 @@ use super::{Lease, LeaseKey, WorkerId};
 pub(crate) enum TakeReason {
     Unowned,
     Expired,
+    /// Unowned because its owner handed it over on this worker's request.
+    HandedOver,
     Stolen,
 }
 
@@ -26,6 +28,7 @@ impl TakeReason {
         match self {
             TakeReason::Unowned => "unowned",
             TakeReason::Expired => "expired",
+            TakeReason::HandedOver => "handed_over",
             TakeReason::Stolen => "stolen",
         }
     }

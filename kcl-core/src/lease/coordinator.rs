@@ -1,17 +1,22 @@
 //! The lease coordinator: this worker's heartbeat, the renewer and the taker.
 //!
-//! - **Heartbeat**: one item per running worker, renewed with the leases. Every held lease is
-//!   fenced on it, so a worker whose heartbeat stopped changing has stopped delivering.
-//! - **Renewer**: renews the heartbeat every lease duration / 3 on its own timer (never
-//!   behind lease renewals), and each held lease a third of the lease duration after its last
-//!   renewal was sent (conditional on owner and counter), at most `max_concurrent_renewals`
-//!   calls at once, the next due lease starting as soon as any call answers. A lost race marks
-//!   the lease lost at once.
-//! - **Taker**: once per take interval, scans the table, judges expiry by the local monotonic
-//!   clock (a counter unchanged for a whole lease duration, as observed here) and takes or
-//!   steals per [`plan_takes`]. Between scans it reads only the other workers' heartbeats
-//!   (one small read each); when one has stopped changing for a lease duration, that worker's
-//!   leases are taken at once, so failover needs about one lease duration.
+//! - **Heartbeat**: one item per running worker, renewed every lease duration / 3 on its own
+//!   timer. It is what proves that the worker holds its leases: every held lease is fenced on
+//!   it, so a worker whose heartbeat stopped changing has stopped delivering. Its renewal's
+//!   answer carries the handoff requests of other workers ([`handoff`]).
+//! - **Renewer** (only with [`LeaseRenewal::EveryLease`]): also renews each held lease a third
+//!   of the lease duration after its last renewal was sent, as Java KCL does. By default a
+//!   held lease is not written while nothing changes.
+//! - **Taker**: once per take interval, scans the table and judges expiry by the local
+//!   monotonic clock: a lease is expired when its owner's heartbeat is judged dead, or when its
+//!   owner has no live heartbeat and the lease's counter has not changed for a whole lease
+//!   duration as observed here. Takes what is free per [`plan_takes`], and asks live owners
+//!   for what the balance wants from them instead of overwriting their leases. Between scans
+//!   it reads only the other workers' heartbeats (one small read each); when one has stopped
+//!   changing for a lease duration, that worker's leases are taken at once, so failover needs
+//!   about one lease duration.
+//!
+//! [`LeaseRenewal::EveryLease`]: crate::config::LeaseRenewal::EveryLease
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +25,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod handoff;
 mod identity;
 mod renew;
 
@@ -27,7 +33,7 @@ use super::balance::{Candidate, TakeReason, plan_takes};
 use super::held::{HeldLease, Liveness};
 use super::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
 use crate::checkpoint::Checkpoint;
-use crate::config::Config;
+use crate::config::{Config, LeaseRenewal};
 use crate::metrics::Metrics;
 
 /// Attempts at registering the heartbeat when a worker starts, for retryable errors.
@@ -71,6 +77,8 @@ pub(crate) struct TakeOutcome {
     pub(crate) acquired: Vec<Arc<HeldLease>>,
     /// Some takes lost a race: worth another cycle soon.
     pub(crate) contended: bool,
+    /// Handoffs were asked for: worth another cycle once the owners had a renewal to answer.
+    pub(crate) asked: bool,
 }
 
 /// This worker's side of the lease table.
@@ -93,6 +101,8 @@ pub(crate) struct Coordinator<S> {
     /// counter moved since belongs to a worker that came back before it was removed: alive.
     dead_heartbeats: Mutex<HashMap<LeaseKey, u64>>,
     snapshot: Mutex<TableSnapshot>,
+    /// Handoff requests this worker made and has not seen answered.
+    requests: Mutex<HashMap<LeaseKey, handoff::Pending>>,
     token: CancellationToken,
     seed: u64,
     cycles: std::sync::atomic::AtomicU64,
@@ -141,6 +151,7 @@ impl<S: LeaseStore> Coordinator<S> {
             dead: Mutex::new(HashSet::new()),
             dead_heartbeats: Mutex::new(HashMap::new()),
             snapshot: Mutex::new(TableSnapshot::default()),
+            requests: Mutex::new(HashMap::new()),
             token,
             seed,
             cycles: std::sync::atomic::AtomicU64::new(0),
@@ -207,8 +218,10 @@ impl<S: LeaseStore> Coordinator<S> {
         let sent = Instant::now();
         match self.store.renew(&hb).await {
             Ok(LeaseUpdate::Applied(updated)) => {
-                *hb = updated;
                 self.liveness.heartbeat_renewed(sent);
+                self.answer_handoff_requests(&updated.handoff_requests);
+                // Kept as the expected value: the next renewal removes the requests seen now.
+                *hb = updated;
             }
             Ok(LeaseUpdate::Lost) => {
                 // Another worker judged this one dead and removed its heartbeat: it may take
@@ -351,14 +364,27 @@ impl<S: LeaseStore> Coordinator<S> {
         dead.retain(|w| !live.contains(w));
         self.dead.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&dead);
         *self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner) = dead_heartbeats_now;
-        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
         for hb in dead_heartbeats {
-            // Clean up: conditional on the counter seen, so a revived worker's renewal wins.
-            if let Ok(LeaseUpdate::Applied(_)) = self.store.delete(hb).await {
-                tracing::debug!(key = %hb.key, "removed a dead worker's heartbeat");
+            // Removed before any of its leases is taken, conditional on the counter seen: the
+            // worker then finds its heartbeat gone at its next renewal and drops every lease.
+            // A worker that renewed since (it was paused, not dead) wins: it is alive, and
+            // none of its leases is taken.
+            if self.remove_dead_heartbeat(hb).await {
+                continue;
+            }
+            if let Some(owner) = &hb.owner {
+                tracing::info!(worker = %owner, heartbeat = %hb.key,
+                    "worker judged dead renewed its heartbeat since (or its removal failed); none of its leases is taken now");
+                dead.remove(owner);
+                self.dead.lock().unwrap_or_else(PoisonError::into_inner).remove(owner);
+                self.dead_heartbeats.lock().unwrap_or_else(PoisonError::into_inner).remove(&hb.key);
+                live.insert(owner.clone());
+                peers.insert(hb.key.clone(), owner.clone());
             }
         }
+        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers.clone();
 
+        let renewed_each = self.config.lease_renewal == LeaseRenewal::EveryLease;
         let me_owned = self.me().clone();
         let me = &me_owned;
         let held_keys: HashSet<LeaseKey> =
@@ -384,7 +410,11 @@ impl<S: LeaseStore> Coordinator<S> {
                     None => false,
                     // Left over from an earlier run of this worker id (none other is alive).
                     Some(o) if o == me => !twin,
-                    Some(o) => dead.contains(o) || expired_keys.contains_key(&l.key),
+                    // A live owner's lease is never expired by its counter alone: by default
+                    // leases are not renewed, only the heartbeat is.
+                    Some(o) => {
+                        dead.contains(o) || (expired_keys.contains_key(&l.key) && (renewed_each || !live.contains(o)))
+                    }
                 },
             })
             .chain(
@@ -422,10 +452,11 @@ impl<S: LeaseStore> Coordinator<S> {
         }
         *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
             TableSnapshot { leases: items.clone(), taken_at: Some(now) };
-        if plan.is_empty() {
-            return TakeOutcome::default();
-        }
         let by_key: HashMap<&LeaseKey, &Lease> = shard_leases.iter().map(|l| (&l.key, *l)).collect();
+        let asked = self.ask_for_steals(&mut plan, &by_key, &items, &peers, now).await;
+        if plan.is_empty() {
+            return TakeOutcome { asked, ..TakeOutcome::default() };
+        }
         let takes: Vec<(&Lease, TakeReason)> =
             plan.iter().filter_map(|(k, r)| by_key.get(k).map(|l| (*l, *r))).collect();
         let mut acquired: Vec<Arc<HeldLease>> = Vec::new();
@@ -443,7 +474,25 @@ impl<S: LeaseStore> Coordinator<S> {
         // Lost races (another worker took the same lease) leave this worker under target:
         // scan again soon rather than a whole take interval later.
         let contended = acquired.len() < takes.len();
-        TakeOutcome { acquired, contended }
+        TakeOutcome { acquired, contended, asked }
+    }
+
+    /// Deletes a dead worker's heartbeat, conditional on the counter seen. True when it is
+    /// gone (deleted now, or by another worker); false when it was renewed since.
+    async fn remove_dead_heartbeat(&self, hb: &Lease) -> bool {
+        match self.store.delete(hb).await {
+            Ok(LeaseUpdate::Applied(_)) => {
+                tracing::debug!(key = %hb.key, "removed a dead worker's heartbeat");
+                true
+            }
+            Ok(LeaseUpdate::Lost) => match self.store.get(&hb.key).await {
+                Ok(Some(now)) => now.owner != hb.owner,
+                Ok(None) => true,
+                Err(_) => false,
+            },
+            // Unknown: judged again next cycle, none of its leases taken in this one.
+            Err(_) => false,
+        }
     }
 
     async fn take_one(&self, lease: &Lease, reason: TakeReason) -> Option<Arc<HeldLease>> {
@@ -452,7 +501,9 @@ impl<S: LeaseStore> Coordinator<S> {
             Ok(LeaseUpdate::Applied(taken)) => {
                 self.metrics.lease_takes.with_label_values(&[reason.as_str()]).inc();
                 tracing::info!(shard = %lease.key, reason = reason.as_str(), from = ?lease.owner, "took lease");
-                HeldLease::new(taken, sent, self.liveness.clone(), self.config.fence_after(), &self.token).map(Arc::new)
+                let renewed_each = self.config.lease_renewal == LeaseRenewal::EveryLease;
+                HeldLease::new(taken, sent, self.liveness.clone(), self.config.fence_after(), renewed_each, &self.token)
+                    .map(Arc::new)
             }
             Ok(LeaseUpdate::Lost) => None,
             Err(e) => {

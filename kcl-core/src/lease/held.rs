@@ -43,8 +43,16 @@ pub(crate) struct HeldLease {
     renewed_at: Mutex<Instant>,
     /// Cancelled when the lease is lost, released or the worker stops consuming it.
     lost: CancellationToken,
+    /// Cancelled when another worker asked for this lease: the consumer hands it over as on
+    /// a graceful shutdown (its processor's last checkpoint, then a release).
+    handoff: CancellationToken,
     liveness: Arc<Liveness>,
     fence_after: Duration,
+    /// Whether the lease itself is renewed ([`LeaseRenewal::EveryLease`]); otherwise only the
+    /// heartbeat proves ownership.
+    ///
+    /// [`LeaseRenewal::EveryLease`]: crate::config::LeaseRenewal::EveryLease
+    renewed_each: bool,
 }
 
 impl HeldLease {
@@ -53,6 +61,7 @@ impl HeldLease {
         taken_at: Instant,
         liveness: Arc<Liveness>,
         fence_after: Duration,
+        renewed_each: bool,
         parent_token: &CancellationToken,
     ) -> Option<Self> {
         let shard_id = lease.key.shard_id()?;
@@ -62,8 +71,10 @@ impl HeldLease {
             lease: tokio::sync::Mutex::new(lease),
             renewed_at: Mutex::new(taken_at),
             lost: parent_token.child_token(),
+            handoff: CancellationToken::new(),
             liveness,
             fence_after,
+            renewed_each,
         })
     }
 
@@ -82,16 +93,34 @@ impl HeldLease {
         *at = (*at).max(sent_at);
     }
 
-    /// Whether this worker may deliver records of the shard now: not lost, and both the lease
-    /// and the heartbeat were renewed within the fencing window. Judged by the local monotonic
-    /// clock, from the time each successful renewal was *sent*.
+    /// Whether this worker may deliver records of the shard now: not lost, and the heartbeat
+    /// (and, when leases are renewed each, the lease too) was renewed within the fencing
+    /// window. Judged by the local monotonic clock, from the time each successful renewal was
+    /// *sent*.
     pub(crate) fn is_valid(&self, now: Instant) -> bool {
         if self.lost.is_cancelled() {
             return false;
         }
-        let renewed = *self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner);
-        let newest_proof = renewed.min(self.liveness.heartbeat_renewed_at());
+        let heartbeat = self.liveness.heartbeat_renewed_at();
+        let newest_proof = if self.renewed_each {
+            heartbeat.min(*self.renewed_at.lock().unwrap_or_else(PoisonError::into_inner))
+        } else {
+            heartbeat
+        };
         now.saturating_duration_since(newest_proof) < self.fence_after
+    }
+
+    /// Asks the consumer to hand the lease over (another worker asked for it).
+    pub(crate) fn request_handoff(&self) {
+        self.handoff.cancel();
+    }
+
+    pub(crate) fn handoff_requested(&self) -> bool {
+        self.handoff.is_cancelled()
+    }
+
+    pub(crate) fn handoff_token(&self) -> &CancellationToken {
+        &self.handoff
     }
 
     /// Marks the lease lost: the consumer stops at once.

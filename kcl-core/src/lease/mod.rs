@@ -120,6 +120,9 @@ pub struct Lease {
     pub child_shard_ids: Vec<ShardId>,
     /// Owner changes since the last checkpoint.
     pub owner_switches_since_checkpoint: u64,
+    /// On a heartbeat: the shard leases other workers asked this worker to hand over (see
+    /// [`LeaseStore::request_handoff`]). Always empty on a shard lease.
+    pub handoff_requests: Vec<LeaseKey>,
 }
 
 impl Lease {
@@ -134,6 +137,7 @@ impl Lease {
             parent_shard_ids: parents,
             child_shard_ids: Vec::new(),
             owner_switches_since_checkpoint: 0,
+            handoff_requests: Vec::new(),
         }
     }
 

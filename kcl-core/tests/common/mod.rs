@@ -36,6 +36,9 @@ pub struct Fleet {
     written: usize,
     /// Each worker's link to the lease table, by name.
     pub links: BTreeMap<String, Arc<AtomicBool>>,
+    /// Per worker: while set, its heartbeat renewals come back without handoff requests (a
+    /// worker that ignores them).
+    pub deaf: BTreeMap<String, Arc<AtomicBool>>,
 }
 
 impl Fleet {
@@ -50,6 +53,7 @@ impl Fleet {
             processing_delay: Duration::ZERO,
             written: 0,
             links: BTreeMap::new(),
+            deaf: BTreeMap::new(),
         }
     }
 
@@ -66,7 +70,11 @@ impl Fleet {
     }
 
     pub fn start_with(&mut self, name: &str, factory: RecordingProcessorFactory) {
-        let link = Link { inner: self.store.clone(), cut: Arc::new(AtomicBool::new(false)) };
+        let link = Link {
+            inner: self.store.clone(),
+            cut: Arc::new(AtomicBool::new(false)),
+            deaf: self.deaf.entry(name.to_owned()).or_default().clone(),
+        };
         self.links.insert(name.to_owned(), link.cut.clone());
         let worker = Worker::with_metrics(self.config(name), self.sim.clone(), link, factory, Metrics::unregistered());
         let handle = worker.handle();
@@ -210,6 +218,7 @@ pub fn init_tracing() {
 pub struct Link {
     pub inner: MemoryLeaseStore,
     pub cut: Arc<AtomicBool>,
+    pub deaf: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -236,7 +245,14 @@ impl LeaseStore for Link {
     }
     async fn renew(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;
-        self.inner.renew(expected).await
+        let renewed = self.inner.renew(expected).await?;
+        match renewed {
+            LeaseUpdate::Applied(mut l) if self.deaf.load(Ordering::SeqCst) => {
+                l.handoff_requests.clear();
+                Ok(LeaseUpdate::Applied(l))
+            }
+            other => Ok(other),
+        }
     }
     async fn take(&self, expected: &Lease, new_owner: &WorkerId) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;
@@ -249,6 +265,10 @@ impl LeaseStore for Link {
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;
         self.inner.release(expected).await
+    }
+    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.check()?;
+        self.inner.request_handoff(heartbeat, shard).await
     }
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;

@@ -49,6 +49,7 @@ where
     check_list_many(&make_store().await).await;
     check_owner_none_round_trips(&make_store().await).await;
     check_large_counters(&make_store().await).await;
+    check_handoff_requests(&make_store().await).await;
 }
 
 /// A fresh store: `get` of any key is `None` and `list` is empty.
@@ -466,4 +467,40 @@ fn lease(n: u64, owner: Option<&str>, counter: u64) -> Lease {
     lease.owner = owner.map(worker);
     lease.counter = counter;
     lease
+}
+
+/// `request_handoff` adds a shard to a heartbeat's requests once, leaves its counter alone (so
+/// the owner's renewal still applies), requires the heartbeat's owner (not its counter), and
+/// is `Lost` on a missing heartbeat; a renewal removes exactly the requests its caller has
+/// seen, keeping those added since.
+pub async fn check_handoff_requests<S: LeaseStore>(store: &S) {
+    let c = Check::new("handoff_requests", store);
+    let me = worker("w1");
+    let mut hb = Lease::new_for_shard(&ShardId::new("-"), Checkpoint::TrimHorizon, Vec::new());
+    hb.key = LeaseKey::heartbeat(&me, 7);
+    hb.owner = Some(me.clone());
+    let hb = c.create(hb).await;
+    let renewed = c.applied("renew before any request", store.renew(&hb).await);
+    // The requester read the heartbeat before that renewal: its counter is stale, its owner not.
+    let asked = c.applied("first request", store.request_handoff(&hb, &key(1)).await);
+    c.assert_eq("counter after a request", &asked.counter, &renewed.counter);
+    c.assert_eq("requests after the first", &asked.handoff_requests, &vec![key(1)]);
+    let asked = c.applied("same request again", store.request_handoff(&hb, &key(1)).await);
+    c.assert_eq("requests after a repeated request", &asked.handoff_requests, &vec![key(1)]);
+    c.lost(
+        "request to another owner",
+        store.request_handoff(&Lease { owner: Some(worker("w2")), ..hb.clone() }, &key(2)).await,
+    );
+    let seen = c.applied("owner's renewal after the request", store.renew(&renewed).await);
+    c.assert_eq("requests carried back by the renewal", &seen.handoff_requests, &vec![key(1)]);
+    let asked = c.applied("second request", store.request_handoff(&hb, &key(2)).await);
+    let mut requested = asked.handoff_requests.clone();
+    requested.sort();
+    c.assert_eq("requests after the second", &requested, &vec![key(1), key(2)]);
+    let cleared = c.applied("renewal that has seen the first request", store.renew(&seen).await);
+    c.assert_eq("requests left: only the one not yet seen", &cleared.handoff_requests, &vec![key(2)]);
+    c.assert_stored("heartbeat after the renewal", &cleared).await;
+    let gone = Lease { key: LeaseKey::heartbeat(&me, 8), ..hb.clone() };
+    c.lost("request to a missing heartbeat", store.request_handoff(&gone, &key(1)).await);
+    c.assert_eq("missing heartbeat not created", &c.get(&gone.key).await, &None);
 }

@@ -20,6 +20,9 @@ pub enum LeaseOp {
     Release,
     /// [`LeaseStore::delete`](crate::lease::LeaseStore::delete).
     Delete,
+    /// [`LeaseStore::request_handoff`](crate::lease::LeaseStore::request_handoff): a request
+    /// added to a heartbeat (its counter unchanged).
+    RequestHandoff,
 }
 
 /// Any call of the store, reads included: what fault injection and statistics select on.
@@ -41,11 +44,13 @@ pub enum LeaseOpKind {
     Release,
     /// [`LeaseStore::delete`](crate::lease::LeaseStore::delete).
     Delete,
+    /// [`LeaseStore::request_handoff`](crate::lease::LeaseStore::request_handoff).
+    RequestHandoff,
 }
 
 impl LeaseOpKind {
     /// Every kind of call, in declaration order.
-    pub const ALL: [LeaseOpKind; 8] = [
+    pub const ALL: [LeaseOpKind; 9] = [
         LeaseOpKind::List,
         LeaseOpKind::Get,
         LeaseOpKind::Create,
@@ -54,6 +59,7 @@ impl LeaseOpKind {
         LeaseOpKind::Checkpoint,
         LeaseOpKind::Release,
         LeaseOpKind::Delete,
+        LeaseOpKind::RequestHandoff,
     ];
 
     /// True for the calls that change the table.
@@ -75,6 +81,7 @@ impl From<LeaseOp> for LeaseOpKind {
             LeaseOp::Checkpoint => LeaseOpKind::Checkpoint,
             LeaseOp::Release => LeaseOpKind::Release,
             LeaseOp::Delete => LeaseOpKind::Delete,
+            LeaseOp::RequestHandoff => LeaseOpKind::RequestHandoff,
         }
     }
 }
@@ -104,8 +111,8 @@ pub struct LeaseEvent {
 
 /// Which applied mutations go into the history log.
 ///
-/// Renewals dominate the traffic of a lease table (every held lease every lease duration / 3),
-/// so the default leaves them out; a benchmark with thousands of leases can turn history off.
+/// Renewals dominate the traffic of a lease table (every heartbeat, and with per-lease
+/// renewals every held lease, every lease duration / 3), so the default leaves them out; a benchmark with thousands of leases can turn history off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum HistoryMode {
     /// Record nothing.

@@ -329,7 +329,9 @@ impl LeaseStore for MemoryLeaseStore {
             std::future::pending::<()>().await;
         }
         self.delay().await;
-        self.update(LeaseOp::Renew, expected, |_| {})
+        self.update(LeaseOp::Renew, expected, |stored| {
+            stored.handoff_requests.retain(|r| !expected.handoff_requests.contains(r));
+        })
     }
 
     async fn take(&self, expected: &Lease, new_owner: &WorkerId) -> Result<LeaseUpdate, LeaseStoreError> {
@@ -353,6 +355,26 @@ impl LeaseStore for MemoryLeaseStore {
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.delay().await;
         self.update(LeaseOp::Release, expected, |stored| stored.owner = None)
+    }
+
+    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.delay().await;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let op = LeaseOp::RequestHandoff;
+        Self::admit(state, op.into())?;
+        let Some(stored) =
+            state.items.get_mut(&heartbeat.key).filter(|s| s.owner.is_some() && s.owner == heartbeat.owner)
+        else {
+            state.stats.count(op.into()).lost += 1;
+            return Ok(LeaseUpdate::Lost);
+        };
+        if !stored.handoff_requests.contains(shard) {
+            stored.handoff_requests.push(shard.clone());
+        }
+        let lease = stored.clone();
+        state.applied(op, lease.owner.clone(), lease.owner.clone(), &lease);
+        state.report(op, LeaseUpdate::Applied(lease))
     }
 
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

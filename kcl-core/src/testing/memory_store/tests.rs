@@ -342,7 +342,7 @@ async fn list_of_ten_thousand_leases_is_sorted_and_complete() {
 #[test]
 fn stats_and_kinds_are_consistent() {
     assert!(LeaseOpKind::ALL.iter().enumerate().all(|(i, k)| k.index() == i));
-    assert_eq!(LeaseOpKind::ALL.iter().filter(|k| k.is_write()).count(), 6);
+    assert_eq!(LeaseOpKind::ALL.iter().filter(|k| k.is_write()).count(), 7);
     let mut stats = MemoryStoreStats::default();
     stats.count(LeaseOpKind::Take).lost += 2;
     assert_eq!(stats.lost(LeaseOp::Take), 2);
