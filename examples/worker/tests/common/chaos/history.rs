@@ -94,6 +94,8 @@ pub(crate) fn lease_history(leases: &Dump, clock: &ClockMap, fallback: (u64, u64
             (_, Some(b), Some(a)) if b.owner != a.owner && a.owner.is_some() => LeaseOp::Take,
             (_, Some(b), Some(a)) if b.owner.is_some() && a.owner.is_none() => LeaseOp::Release,
             (_, Some(b), Some(a)) if b.checkpoint != a.checkpoint => LeaseOp::Checkpoint,
+            // A handoff request added to a heartbeat leaves its counter alone.
+            (_, Some(b), Some(a)) if b.counter == a.counter && is_heartbeat(&key) => LeaseOp::RequestHandoff,
             _ => LeaseOp::Renew,
         };
         let previous = last.get(&key).cloned().flatten();
