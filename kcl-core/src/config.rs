@@ -73,8 +73,10 @@ pub const DEFAULT_TAKE_INTERVAL: Duration = DEFAULT_LEASE_DURATION;
 pub const DEFAULT_HEARTBEAT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time between shard listings when nothing else triggers one.
 pub const DEFAULT_SHARD_SYNC_INTERVAL: Duration = Duration::from_secs(60);
-/// Default time between checks of a waiting child's parent leases.
-pub const DEFAULT_PARENT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between checks of a waiting child's parent leases. A parent that ends on
+/// this worker wakes its children at once; this bounds the wait for a parent that ends on
+/// another worker (one small read per waiting child per interval).
+pub const DEFAULT_PARENT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Default wait after an empty read before reading the shard again.
 pub const DEFAULT_IDLE_TIME_BETWEEN_READS: Duration = Duration::from_millis(500);
 /// Default (and maximum) records per read: DynamoDB Streams returns at most 1000.
@@ -276,7 +278,8 @@ impl ConfigBuilder {
         self
     }
     /// Time between checks of a waiting child's parents. Default
-    /// [`DEFAULT_PARENT_POLL_INTERVAL`] (1 s).
+    /// [`DEFAULT_PARENT_POLL_INTERVAL`] (5 s). Children of a shard that ends on this worker
+    /// are woken at once.
     pub fn parent_poll_interval(mut self, d: Duration) -> Self {
         self.config.parent_poll_interval = d;
         self

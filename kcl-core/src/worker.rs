@@ -267,6 +267,7 @@ where
             shard_ended: ended_tx,
             dead_letter: self.dead_letter.clone(),
             closed,
+            ended_here: tokio::sync::Notify::new(),
         });
 
         // Background tasks stop when `background` is cancelled: after consumers have finished,

@@ -58,3 +58,38 @@ async fn children_listed_late_are_picked_up() {
     fleet.stop_all().await;
     fleet.check().await.assert_ok();
 }
+
+/// A child waiting on a parent that ends on the same worker starts at once, not at its next
+/// check of the parent lease (set here to a minute, so that polling could not explain it).
+#[tokio::test(start_paused = true)]
+async fn a_parent_ending_here_wakes_its_children_at_once() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(6).initial_shards(1).build();
+    let store = MemoryLeaseStore::new();
+    let mut fleet = Fleet::new(sim.clone(), store.clone());
+    // The child's lease exists (and is held) while the parent is still being processed.
+    fleet.tune = |b| {
+        b.shard_sync_interval(Duration::from_millis(500))
+            .max_records_per_read(25)
+            .parent_poll_interval(Duration::from_secs(60))
+    };
+    fleet.processing_delay = Duration::from_millis(40);
+    fleet.start("a");
+    fleet.write(300, 30, Duration::ZERO).await;
+    let parent = sim.open_shards()[0].clone();
+    let child = sim.rotate(&parent).unwrap_or_else(|e| panic!("{e}"));
+    fleet.write(50, 30, Duration::ZERO).await;
+    fleet.drain(Duration::from_secs(50)).await;
+    let ended = store
+        .history()
+        .into_iter()
+        .find(|e| e.key.as_str() == parent.as_str() && e.checkpoint_after.is_shard_end())
+        .map(|e| e.at)
+        .unwrap_or_else(|| panic!("the parent never ended"));
+    let first = fleet.log.deliveries().into_iter().filter(|d| d.shard_id == child).map(|d| d.at).min();
+    let waited = first.map(|f| f - ended);
+    println!("child's first delivery {waited:?} after its parent's SHARD_END");
+    assert!(waited.is_some_and(|w| w < Duration::from_secs(1)), "the child waited {waited:?} for its parent");
+    fleet.stop_all().await;
+    fleet.check().await.assert_ok();
+}

@@ -52,6 +52,8 @@ pub(crate) struct ConsumerContext<S, L, D> {
     pub(crate) dead_letter: Option<Arc<D>>,
     /// Shards known to be closed (from shard sync's listings).
     pub(crate) closed: Arc<std::sync::Mutex<std::collections::HashSet<ShardId>>>,
+    /// Woken when a shard ends on this worker: its children waiting here check at once.
+    pub(crate) ended_here: tokio::sync::Notify,
 }
 
 /// How a consumer finished.
@@ -216,9 +218,15 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         Ok(())
     }
 
+    /// Waits until every parent has ended: checked when a shard ends on this worker, and
+    /// every `parent_poll_interval` otherwise (for parents consumed elsewhere).
     async fn wait_for_parents(&self, held: &HeldLease) -> Result<(), Interrupted> {
         let parents = held.lock().await.parent_shard_ids.clone();
         loop {
+            // Registered before the reads, so that an end in between is not missed.
+            let ended = self.ended_here.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let mut checkpoints = Vec::with_capacity(parents.len());
             let mut failed = false;
             for p in &parents {
@@ -237,7 +245,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     Some(p) => tracing::debug!(parent = %p, "waiting for parent shard to end"),
                 }
             }
-            self.pause(held, self.config.parent_poll_interval).await?;
+            tokio::select! {
+                r = self.pause(held, self.config.parent_poll_interval) => r?,
+                () = &mut ended => {}
+            }
         }
     }
 
@@ -412,6 +423,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
         tracing::info!(shard = %held.shard_id, "shard processed to its end");
         self.metrics.shards_ended.inc();
+        self.ended_here.notify_waiters();
         if !tell_shard_ended(&self.shard_ended, &held.shard_id) {
             tracing::info!(shard = %held.shard_id, "shard sync is busy; the periodic sync will create the children");
         }
