@@ -77,8 +77,22 @@ pub const DEFAULT_SHARD_SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// this worker wakes its children at once; this bounds the wait for a parent that ends on
 /// another worker (one small read per waiting child per interval).
 pub const DEFAULT_PARENT_POLL_INTERVAL: Duration = Duration::from_secs(5);
-/// Default wait after an empty read before reading the shard again.
-pub const DEFAULT_IDLE_TIME_BETWEEN_READS: Duration = Duration::from_millis(500);
+/// Default for the short wait after an empty read of a shard that had records within the
+/// active window: a record written to a shard with at least one change a second waits on
+/// average half of it (measured against DynamoDB Local: p50 and p99 in the README).
+pub const DEFAULT_IDLE_WAIT_MIN: Duration = Duration::from_millis(200);
+/// Default for the longest wait after an empty read, reached by a shard that stays empty:
+/// 3600 s / 8 s = 450 reads in a steady idle hour, and at most about 500 in the hour after a
+/// shard's last record (the active window at 200 ms and the ramp included), under the 600 an
+/// hour the defaults aim for. The first change after a long idle period waits up to this long
+/// (4 s on average) before it is read.
+pub const DEFAULT_IDLE_WAIT_MAX: Duration = Duration::from_secs(8);
+/// Default time after a shard's last record during which empty reads keep the short wait:
+/// long enough that a shard with one change every few seconds never slows down.
+pub const DEFAULT_IDLE_ACTIVE_WINDOW: Duration = Duration::from_secs(10);
+/// Past the active window each wait after an empty read is this many times the previous one,
+/// up to the longest wait: from 200 ms, 8 s is reached six empty reads (about 12 s) later.
+pub const IDLE_WAIT_GROWTH: u32 = 2;
 /// Default (and maximum) records per read: DynamoDB Streams returns at most 1000.
 pub const DEFAULT_MAX_RECORDS_PER_READ: usize = 1000;
 /// Default number of batches read ahead of the processor, per shard.
@@ -152,7 +166,9 @@ pub struct Config {
     pub(crate) heartbeat_poll_interval: Duration,
     pub(crate) shard_sync_interval: Duration,
     pub(crate) parent_poll_interval: Duration,
-    pub(crate) idle_time_between_reads: Duration,
+    pub(crate) idle_wait_min: Duration,
+    pub(crate) idle_wait_max: Duration,
+    pub(crate) idle_active_window: Duration,
     pub(crate) max_records_per_read: usize,
     pub(crate) prefetch_batches: usize,
     pub(crate) max_leases_per_worker: usize,
@@ -184,7 +200,9 @@ impl Config {
                 heartbeat_poll_interval: DEFAULT_HEARTBEAT_POLL_INTERVAL,
                 shard_sync_interval: DEFAULT_SHARD_SYNC_INTERVAL,
                 parent_poll_interval: DEFAULT_PARENT_POLL_INTERVAL,
-                idle_time_between_reads: DEFAULT_IDLE_TIME_BETWEEN_READS,
+                idle_wait_min: DEFAULT_IDLE_WAIT_MIN,
+                idle_wait_max: DEFAULT_IDLE_WAIT_MAX,
+                idle_active_window: DEFAULT_IDLE_ACTIVE_WINDOW,
                 max_records_per_read: DEFAULT_MAX_RECORDS_PER_READ,
                 prefetch_batches: DEFAULT_PREFETCH_BATCHES,
                 max_leases_per_worker: DEFAULT_MAX_LEASES_PER_WORKER,
@@ -284,9 +302,24 @@ impl ConfigBuilder {
         self.config.parent_poll_interval = d;
         self
     }
-    /// Wait after an empty read. Default [`DEFAULT_IDLE_TIME_BETWEEN_READS`] (500 ms).
-    pub fn idle_time_between_reads(mut self, d: Duration) -> Self {
-        self.config.idle_time_between_reads = d;
+    /// Bounds of the adaptive wait after an empty read (a read that returns records is
+    /// followed by the next at once). While the shard had records within the
+    /// [`idle_active_window`](Self::idle_active_window) the wait is `min`; past it, each wait
+    /// is [`IDLE_WAIT_GROWTH`] times the previous, up to `max`; the first record brings it back
+    /// to `min`. Defaults [`DEFAULT_IDLE_WAIT_MIN`] (200 ms) and [`DEFAULT_IDLE_WAIT_MAX`]
+    /// (8 s): an idle shard costs at most about 500 reads an hour, and the first change after
+    /// a long idle period is read within 8 s. `min == max` gives a fixed wait. Both positive,
+    /// `min` at most `max`.
+    pub fn idle_wait(mut self, min: Duration, max: Duration) -> Self {
+        self.config.idle_wait_min = min;
+        self.config.idle_wait_max = max;
+        self
+    }
+    /// How long after a shard's last record the wait after an empty read stays at its
+    /// minimum. Default [`DEFAULT_IDLE_ACTIVE_WINDOW`] (10 s); zero grows the wait from the
+    /// first empty read on.
+    pub fn idle_active_window(mut self, d: Duration) -> Self {
+        self.config.idle_active_window = d;
         self
     }
     /// Records per read, 1 to 1000. Default [`DEFAULT_MAX_RECORDS_PER_READ`] (1000).
@@ -413,7 +446,8 @@ impl ConfigBuilder {
             ("heartbeat_poll_interval", c.heartbeat_poll_interval),
             ("shard_sync_interval", c.shard_sync_interval),
             ("parent_poll_interval", c.parent_poll_interval),
-            ("idle_time_between_reads", c.idle_time_between_reads),
+            ("idle_wait_min", c.idle_wait_min),
+            ("idle_wait_max", c.idle_wait_max),
             ("min_retry_backoff", c.min_retry_backoff),
             ("max_retry_backoff", c.max_retry_backoff),
             ("max_record_age", c.max_record_age.unwrap_or(Duration::MAX)),
@@ -432,6 +466,14 @@ impl ConfigBuilder {
         if let Some(e) =
             inverted("heartbeat_poll_interval", c.heartbeat_poll_interval, "lease_duration", c.lease_duration)
                 .or_else(|| inverted("lease_call_timeout", c.lease_call_timeout, "lease_duration", c.lease_duration))
+                .or_else(|| {
+                    inverted(
+                        "idle_wait_min",
+                        c.idle_wait_min,
+                        "idle_wait_max",
+                        c.idle_wait_max + Duration::from_nanos(1),
+                    )
+                })
                 .or_else(|| {
                     inverted(
                         "min_retry_backoff",
@@ -471,6 +513,10 @@ mod tests {
         assert_eq!(c.max_records_per_read, 1000);
         assert_eq!(c.lease_call_timeout, c.renew_interval());
         assert_eq!(c.source_call_timeout, DEFAULT_SOURCE_CALL_TIMEOUT);
+        assert_eq!((c.idle_wait_min, c.idle_wait_max), (Duration::from_millis(200), Duration::from_secs(8)));
+        assert_eq!(c.idle_active_window, Duration::from_secs(10));
+        // The budget: an idle shard in its steady state reads at most 600 times an hour.
+        assert!(Duration::from_secs(3600).as_nanos() / c.idle_wait_max.as_nanos() <= 600);
     }
 
     #[test]
@@ -510,6 +556,11 @@ mod tests {
                 "lease_call_timeout (10s) must be less than lease_duration (10s)",
             ),
             (Config::builder("a").source_call_timeout(Duration::ZERO), "source_call_timeout is zero"),
+            (Config::builder("a").idle_wait(Duration::ZERO, Duration::from_secs(1)), "idle_wait_min is zero"),
+            (
+                Config::builder("a").idle_wait(Duration::from_secs(2), Duration::from_secs(1)),
+                "idle_wait_min (2s) must be less than idle_wait_max",
+            ),
             (
                 Config::builder("a").retry_backoff(Duration::from_secs(5), Duration::from_secs(1)),
                 "min_retry_backoff (5s) must be less than max_retry_backoff",

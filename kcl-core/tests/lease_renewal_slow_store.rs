@@ -26,7 +26,7 @@ async fn ten_thousand_leases_on_a_slow_table_stay_renewed() {
     let config = Config::builder("slow-table")
         .worker_id("w")
         // Idle shards poll rarely here: the test is about the lease table.
-        .idle_time_between_reads(Duration::from_secs(30))
+        .idle_wait(Duration::from_secs(30), Duration::from_secs(30))
         // Per-lease renewals (Java KCL's way, kept as an option): by default only the
         // heartbeat is renewed, and nothing here would be renewed at all.
         .lease_renewal(LeaseRenewal::EveryLease)

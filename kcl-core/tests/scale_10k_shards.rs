@@ -14,7 +14,7 @@ async fn two_workers_share_ten_thousand_shards() {
     let sim = StreamSimulator::builder().seed(12).initial_shards(10_000).build();
     let mut fleet = Fleet::new(sim.clone(), MemoryLeaseStore::new());
     // Idle shards poll every 5 s here to keep the test quick; the default is 500 ms.
-    fleet.tune = |b| b.idle_time_between_reads(Duration::from_secs(5));
+    fleet.tune = |b| b.idle_wait(Duration::from_secs(5), Duration::from_secs(5));
     fleet.start("a");
     fleet.start("b");
     fleet.wait_for(Duration::from_secs(60), "10,000 leases split 5,000/5,000", |f| f.balanced()).await;

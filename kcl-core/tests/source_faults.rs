@@ -61,7 +61,7 @@ async fn expired_iterators_are_renewed_after_the_last_record() {
     // an expired iterator.
     let sim = StreamSimulator::builder().seed(8).initial_shards(3).iterator_ttl(Duration::from_secs(2)).build();
     let mut fleet = Fleet::new(sim.clone(), MemoryLeaseStore::new());
-    fleet.tune = |b| b.idle_time_between_reads(Duration::from_secs(5));
+    fleet.tune = |b| b.idle_wait(Duration::from_secs(5), Duration::from_secs(5));
     fleet.start("a");
     for _ in 0..5 {
         fleet.write(50, 10, Duration::from_millis(10)).await;

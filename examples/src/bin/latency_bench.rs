@@ -13,15 +13,22 @@
 //! `ApproximateCreationDateTime` to the minute, so that field cannot be used.)
 //!
 //! 1. Warm-up: a few items, until they are all processed (lease taken, iterator open).
-//! 2. Measurement: `LATENCY_BENCH_ITEMS` items (default 500), one every
-//!    `LATENCY_BENCH_SPACING_MS` (default 20 ms); p50/p90/p99/max write → `process_records`.
-//! 3. Idle: nothing written for `LATENCY_BENCH_IDLE_SECS` (default 30 s); the count of the
-//!    worker's `kcl_get_records_seconds` histogram (one sample per GetRecords call) before and
-//!    after, per open shard, scaled to an hour, compared with Lambda's 4 polls a second.
+//! 2. Measurement: `LATENCY_BENCH_ITEMS` items (default 120), one every
+//!    `LATENCY_BENCH_SPACING_MS` (default 1000 ms: the issue's "at least one change a
+//!    second"); p50/p90/p99/max write → `process_records`.
+//! 3. Idle: nothing written for `LATENCY_BENCH_IDLE_SECS` (default 120 s); the count of the
+//!    worker's `kcl_get_records_seconds` histogram (one sample per GetRecords call) over the
+//!    whole window (it starts with the active window and the ramp of the adaptive wait) and
+//!    after the ramp (the steady idle rate), per open shard, scaled to an hour, compared with
+//!    Lambda's 4 polls a second.
+//! 4. Wake-ups: `LATENCY_BENCH_WAKE_PROBES` single items (default 5), each after
+//!    `LATENCY_BENCH_WAKE_GAP_SECS` (default 40 s) without writes, so the wait has grown to its
+//!    maximum: the first-change-after-idle latency.
 //!
 //! The figures are printed as `key=value` lines between `=== latency_bench ===` and
-//! `=== end ===`. Latency is dominated by `idle_time_between_reads` (default 500 ms): after an
-//! empty read the shard is polled again only after that wait.
+//! `=== end ===`. Latency is dominated by the adaptive idle wait (`idle_wait`, default
+//! 200 ms – 8 s): an active shard is polled every 200 ms after an empty read, one idle for
+//! longer than the active window (10 s) less and less often, down to every 8 s.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,7 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
-use kcl_core::config::{DEFAULT_IDLE_TIME_BETWEEN_READS, DEFAULT_MAX_RECORDS_PER_READ, DEFAULT_PREFETCH_BATCHES};
+use kcl_core::config::{
+    DEFAULT_IDLE_ACTIVE_WINDOW, DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN, DEFAULT_MAX_RECORDS_PER_READ,
+    DEFAULT_PREFETCH_BATCHES,
+};
 use kcl_core::{Batch, Checkpointer, Config, ProcessorError, RecordProcessor, ShardId, ShardState, Worker};
 use tokio::sync::mpsc;
 
@@ -44,12 +54,16 @@ const WARMUP_TIMEOUT: Duration = Duration::from_secs(90);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Quiet time between the last processed record and the start of the idle window.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long after the start of the idle window the adaptive wait has reached its maximum with
+/// the defaults (the rest of the 10 s active window, then 0.4 + 0.8 + … + 6.4 s), with slack.
+const IDLE_RAMP: Duration = Duration::from_secs(30);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     Warmup,
     Measured,
+    Wake,
 }
 
 impl Phase {
@@ -57,6 +71,7 @@ impl Phase {
         match self {
             Phase::Warmup => "warmup",
             Phase::Measured => "measured",
+            Phase::Wake => "wake",
         }
     }
 }
@@ -91,6 +106,7 @@ impl RecordProcessor<ChangeRecord> for Probe {
                 match image.get("phase") {
                     Some(AttributeValue::S(s)) if s == "warmup" => Some(Phase::Warmup),
                     Some(AttributeValue::S(s)) if s == "measured" => Some(Phase::Measured),
+                    Some(AttributeValue::S(s)) if s == "wake" => Some(Phase::Wake),
                     _ => None,
                 },
             ) else {
@@ -166,19 +182,19 @@ fn dynamodb_local_version() -> String {
     }
 }
 
-/// Writes `count` items of `phase`, one every `spacing`, each stamped with `t_ns` just before
-/// its PutItem.
+/// Writes the items `indexes` of `phase`, one every `spacing` (the first at once), each
+/// stamped with `t_ns` just before its PutItem.
 async fn write_items(
     local: &DynamoDbLocal,
     table: &str,
     phase: Phase,
-    count: u64,
+    indexes: std::ops::Range<u64>,
     spacing: Duration,
 ) -> Result<(), BoxError> {
     let dynamodb = local.dynamodb_client();
     let mut tick = tokio::time::interval(spacing);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0..count {
+    for i in indexes {
         tick.tick().await;
         let t_ns = unix_nanos(SystemTime::now());
         dynamodb
@@ -235,11 +251,17 @@ async fn main() {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let items = env_u64("LATENCY_BENCH_ITEMS", 500)?;
-    let spacing = Duration::from_millis(env_u64("LATENCY_BENCH_SPACING_MS", 20)?);
-    let idle_window = Duration::from_secs(env_u64("LATENCY_BENCH_IDLE_SECS", 30)?);
-    if items == 0 || spacing.is_zero() || idle_window.is_zero() {
-        return Err("LATENCY_BENCH_ITEMS, LATENCY_BENCH_SPACING_MS and LATENCY_BENCH_IDLE_SECS must be positive".into());
+    let items = env_u64("LATENCY_BENCH_ITEMS", 120)?;
+    let spacing = Duration::from_millis(env_u64("LATENCY_BENCH_SPACING_MS", 1000)?);
+    let idle_window = Duration::from_secs(env_u64("LATENCY_BENCH_IDLE_SECS", 120)?);
+    let wake_probes = env_u64("LATENCY_BENCH_WAKE_PROBES", 5)?;
+    let wake_gap = Duration::from_secs(env_u64("LATENCY_BENCH_WAKE_GAP_SECS", 40)?);
+    if items == 0 || spacing.is_zero() || idle_window <= IDLE_RAMP || wake_gap.is_zero() {
+        return Err(format!(
+            "LATENCY_BENCH_ITEMS, LATENCY_BENCH_SPACING_MS and LATENCY_BENCH_WAKE_GAP_SECS must be positive, \
+             LATENCY_BENCH_IDLE_SECS more than {IDLE_RAMP:?}"
+        )
+        .into());
     }
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
 
@@ -265,7 +287,7 @@ async fn run() -> Result<(), BoxError> {
     eprintln!("latency_bench: worker started on {stream_arn}; warming up with {WARMUP_ITEMS} items");
 
     // 1. Warm-up.
-    write_items(&local, &table, Phase::Warmup, WARMUP_ITEMS, spacing).await?;
+    write_items(&local, &table, Phase::Warmup, 0..WARMUP_ITEMS, spacing).await?;
     let (warm, _) = collect(&mut rx, Phase::Warmup, WARMUP_ITEMS, tokio::time::Instant::now() + WARMUP_TIMEOUT).await;
     if (warm.len() as u64) < WARMUP_ITEMS {
         return Err(format!(
@@ -281,7 +303,7 @@ async fn run() -> Result<(), BoxError> {
     let writer = {
         let local = Arc::clone(&local);
         let table = table.clone();
-        tokio::spawn(async move { write_items(&local, &table, Phase::Measured, items, spacing).await })
+        tokio::spawn(async move { write_items(&local, &table, Phase::Measured, 0..items, spacing).await })
     };
     let deadline = tokio::time::Instant::now() + spacing * u32::try_from(items).unwrap_or(u32::MAX) + DRAIN_TIMEOUT;
     let (seen, repeats) = collect(&mut rx, Phase::Measured, items, deadline).await;
@@ -314,11 +336,36 @@ async fn run() -> Result<(), BoxError> {
     eprintln!("latency_bench: idle for {idle_window:?} with {idle_shards} shard(s)");
     let reads_before = get_records_calls(&registry);
     let idle_started = Instant::now();
-    tokio::time::sleep(idle_window).await;
+    tokio::time::sleep(IDLE_RAMP).await;
+    let reads_ramp = get_records_calls(&registry) - reads_before;
+    let steady_started = Instant::now();
+    tokio::time::sleep(idle_window - IDLE_RAMP).await;
     let reads = get_records_calls(&registry) - reads_before;
     let idle_elapsed = idle_started.elapsed();
+    let steady_elapsed = steady_started.elapsed();
     let per_shard_per_hour = reads as f64 / idle_shards as f64 / idle_elapsed.as_secs_f64() * 3600.0;
+    let steady_per_hour = (reads - reads_ramp) as f64 / idle_shards as f64 / steady_elapsed.as_secs_f64() * 3600.0;
+    // The hour that starts at the last record: the ramp as measured, then the steady rate.
+    let first_hour = reads_ramp as f64 / idle_shards as f64
+        + steady_per_hour * (3600.0 - (SETTLE + IDLE_RAMP).as_secs_f64()) / 3600.0;
     let late = rx.try_recv().is_ok();
+
+    // 4. Wake-ups: one change after a long idle period, a few times.
+    let mut wakes = Vec::new();
+    for i in 0..wake_probes {
+        if i > 0 {
+            tokio::time::sleep(wake_gap).await;
+        }
+        write_items(&local, &table, Phase::Wake, i..i + 1, spacing).await?;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let (seen, _) = collect(&mut rx, Phase::Wake, 1, deadline).await;
+        let Some(latency) = seen.get(&i).copied() else {
+            return Err(format!("wake-up item {i} was not processed within {DRAIN_TIMEOUT:?}").into());
+        };
+        eprintln!("latency_bench: wake-up {i}: {latency:?}");
+        wakes.push(latency);
+    }
+    wakes.sort();
 
     let outcome = handle.shutdown(SHUTDOWN_DEADLINE).await;
     running.await.map_err(|e| format!("worker task: {e}"))??;
@@ -327,7 +374,9 @@ async fn run() -> Result<(), BoxError> {
     println!("machine_nproc={nproc}");
     println!("dynamodb_local_version={}", dynamodb_local_version());
     println!("settings=defaults (kcl_core::Config::builder(app).build())");
-    println!("idle_time_between_reads_ms={}", DEFAULT_IDLE_TIME_BETWEEN_READS.as_millis());
+    println!("idle_wait_min_ms={}", DEFAULT_IDLE_WAIT_MIN.as_millis());
+    println!("idle_wait_max_ms={}", DEFAULT_IDLE_WAIT_MAX.as_millis());
+    println!("idle_active_window_ms={}", DEFAULT_IDLE_ACTIVE_WINDOW.as_millis());
     println!("max_records_per_read={DEFAULT_MAX_RECORDS_PER_READ}");
     println!("prefetch_batches={DEFAULT_PREFETCH_BATCHES}");
     println!("processor=checkpoint after every batch");
@@ -346,9 +395,19 @@ async fn run() -> Result<(), BoxError> {
     println!("idle_shards={idle_shards}");
     println!("open_shards_in_stream={open_shards}");
     println!("idle_get_records_calls={reads}");
-    println!("get_records_per_idle_shard_per_hour={per_shard_per_hour:.0}");
+    println!("get_records_per_idle_shard_per_hour_whole_window={per_shard_per_hour:.0}");
+    println!("idle_ramp_s={:.0} idle_get_records_calls_in_ramp={reads_ramp}", IDLE_RAMP.as_secs_f64());
+    println!("get_records_per_idle_shard_per_hour_steady={steady_per_hour:.0}");
+    println!("get_records_first_idle_hour_estimate={first_hour:.0}");
     println!("lambda_polls_per_shard_per_hour={LAMBDA_POLLS_PER_SHARD_PER_HOUR:.0}");
-    println!("ratio_to_lambda={:.2}", per_shard_per_hour / LAMBDA_POLLS_PER_SHARD_PER_HOUR);
+    println!("ratio_to_lambda_steady={:.3}", steady_per_hour / LAMBDA_POLLS_PER_SHARD_PER_HOUR);
+    println!("wake_probes={wake_probes} wake_gap_s={}", wake_gap.as_secs());
+    let wake_ms: Vec<String> = wakes.iter().map(|d| ms(*d)).collect();
+    println!("wake_latencies_ms={}", wake_ms.join(","));
+    if let (Some(lo), Some(hi)) = (wakes.first(), wakes.last()) {
+        let mean = wakes.iter().sum::<Duration>() / u32::try_from(wakes.len()).unwrap_or(u32::MAX);
+        println!("wake_latency_min_ms={} wake_latency_mean_ms={} wake_latency_max_ms={}", ms(*lo), ms(mean), ms(*hi));
+    }
     println!("records_during_idle={late}");
     println!("shutdown={outcome:?}");
     println!("=== end ===");

@@ -5,13 +5,15 @@
 //! The reader and the deliverer run concurrently inside the shard's task, joined by a channel
 //! of `prefetch_batches` batches: memory per shard is bounded and no extra task is spawned.
 //! How one batch is delivered under the failure policy is in [`delivery`], the reader in
-//! [`read`], and how processor calls are guarded against panics in [`guard`].
+//! [`read`] (its adaptive wait between empty reads in [`poll`]), and how processor calls are
+//! guarded against panics in [`guard`].
 //!
 //! A consumer never ends silently: a processor callback that panics is a failure of that
 //! call, and the worker releases the lease of a consumer task that ends for any reason.
 
 mod delivery;
 pub(crate) mod guard;
+mod poll;
 mod read;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::poll::{IdleWaits, PollState, next_idle_wait};
 use super::{ConsumerContext, Fetched, Interrupted};
 use crate::config::OnRetriesExhausted;
 use crate::dead_letter::DeadLetterSink;
@@ -100,6 +101,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let mut backoff = self.backoff();
         // The kind of the failures in a row so far, so that only the first is logged loudly.
         let mut failing: Option<SourceErrorKind> = None;
+        let waits = IdleWaits::of(&self.config);
+        let mut poll = PollState::new(Instant::now());
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -147,10 +150,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                         return Ok(());
                     };
                     iterator = Some(next);
+                    let wait;
+                    (wait, poll) = next_idle_wait(&waits, poll, !empty, Instant::now());
                     if empty {
                         self.at_head(held, in_flight);
+                    }
+                    if !wait.is_zero() {
                         tokio::select! {
-                            _ = tokio::time::sleep(self.config.idle_time_between_reads) => {}
+                            _ = tokio::time::sleep(wait) => {}
                             _ = stop.cancelled() => return Ok(()),
                         }
                     }

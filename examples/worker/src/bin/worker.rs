@@ -33,6 +33,7 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
+use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
     Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle,
 };
@@ -117,6 +118,18 @@ struct Args {
     /// failure. Default: kcl-core's (5 min).
     #[arg(long, env = "KCL_PROCESSING_TIMEOUT_MS")]
     processing_timeout_ms: Option<u64>,
+    /// Shortest wait after an empty read, in milliseconds, while the shard had records within
+    /// the active window. Default: kcl-core's (200 ms).
+    #[arg(long, env = "KCL_IDLE_WAIT_MIN_MS")]
+    idle_wait_min_ms: Option<u64>,
+    /// Longest wait after an empty read, in milliseconds, reached by a shard that stays empty
+    /// (an idle shard costs 3,600,000 / this reads an hour). Default: kcl-core's (8 s).
+    #[arg(long, env = "KCL_IDLE_WAIT_MAX_MS")]
+    idle_wait_max_ms: Option<u64>,
+    /// How long after a shard's last record the wait stays at its minimum, in milliseconds.
+    /// Default: kcl-core's (10 s).
+    #[arg(long, env = "KCL_IDLE_ACTIVE_WINDOW_MS")]
+    idle_active_window_ms: Option<u64>,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -188,6 +201,14 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
         config = config.processing_timeout(Some(Duration::from_millis(ms)));
     }
     config = config.bisect_on_failure(args.bisect_on_failure);
+    if args.idle_wait_min_ms.is_some() || args.idle_wait_max_ms.is_some() {
+        let min = args.idle_wait_min_ms.map_or(DEFAULT_IDLE_WAIT_MIN, Duration::from_millis);
+        let max = args.idle_wait_max_ms.map_or(DEFAULT_IDLE_WAIT_MAX, Duration::from_millis);
+        config = config.idle_wait(min, max);
+    }
+    if let Some(ms) = args.idle_active_window_ms {
+        config = config.idle_active_window(Duration::from_millis(ms));
+    }
     let config = config.build().map_err(WorkerError::Config)?;
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
