@@ -35,7 +35,8 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
-    Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle,
+    Config, DeadLetterSink, LeaseRenewal, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError,
+    WorkerHandle,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
@@ -51,6 +52,15 @@ enum ProcessorKind {
     Jsonl,
     /// Replicate every change into `--target-table`, idempotently.
     Replicate,
+}
+
+/// What the worker renews to keep its leases (kcl-core's `LeaseRenewal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Renewal {
+    /// Only the worker's heartbeat (one write per worker every lease duration / 3).
+    Heartbeat,
+    /// Every held lease too, as Java KCL does (one write per lease every lease duration / 3).
+    EveryLease,
 }
 
 /// Consumes a DynamoDB stream as one worker of a fleet.
@@ -130,6 +140,10 @@ struct Args {
     /// Default: kcl-core's (10 s).
     #[arg(long, env = "KCL_IDLE_ACTIVE_WINDOW_MS")]
     idle_active_window_ms: Option<u64>,
+    /// What is renewed to keep leases: `heartbeat` (default) or `every-lease` (Java KCL's way,
+    /// for a fleet still running workers that judge leases by their counters).
+    #[arg(long, env = "KCL_LEASE_RENEWAL", value_enum, default_value_t = Renewal::Heartbeat)]
+    lease_renewal: Renewal,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -209,6 +223,10 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     if let Some(ms) = args.idle_active_window_ms {
         config = config.idle_active_window(Duration::from_millis(ms));
     }
+    config = config.lease_renewal(match args.lease_renewal {
+        Renewal::Heartbeat => LeaseRenewal::Heartbeat,
+        Renewal::EveryLease => LeaseRenewal::EveryLease,
+    });
     let config = config.build().map_err(WorkerError::Config)?;
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
