@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 mod handoff;
 mod identity;
 mod renew;
+mod watch;
 
 use super::balance::{Candidate, TakeReason, plan_takes};
 use super::held::{HeldLease, Liveness};
@@ -101,6 +102,8 @@ pub(crate) struct Coordinator<S> {
     /// counter moved since belongs to a worker that came back before it was removed: alive.
     dead_heartbeats: Mutex<HashMap<LeaseKey, u64>>,
     snapshot: Mutex<TableSnapshot>,
+    /// The death notice's counter at the last read (`Some(None)`: read, absent).
+    notice_seen: Mutex<Option<Option<u64>>>,
     /// Handoff requests this worker made and has not seen answered.
     requests: Mutex<HashMap<LeaseKey, handoff::Pending>>,
     token: CancellationToken,
@@ -152,6 +155,7 @@ impl<S: LeaseStore> Coordinator<S> {
             dead_heartbeats: Mutex::new(HashMap::new()),
             snapshot: Mutex::new(TableSnapshot::default()),
             requests: Mutex::new(HashMap::new()),
+            notice_seen: Mutex::new(None),
             token,
             seed,
             cycles: std::sync::atomic::AtomicU64::new(0),
@@ -245,7 +249,8 @@ impl<S: LeaseStore> Coordinator<S> {
         }
     }
 
-    /// Reads the other workers' heartbeats. Returns true when one was newly judged dead.
+    /// Reads the heartbeats this worker watches ([`watch`]) and the death notice. Returns
+    /// true when a worker was newly judged dead, here or by another worker: time to take.
     pub(crate) async fn poll_heartbeats(&self) -> bool {
         let peers: Vec<(LeaseKey, WorkerId)> = self
             .peers
@@ -254,6 +259,7 @@ impl<S: LeaseStore> Coordinator<S> {
             .iter()
             .map(|(k, w)| (k.clone(), w.clone()))
             .collect();
+        let peers = watch::watched(self.me(), &peers, watch::WATCHERS);
         let mut newly_dead = false;
         for (key, worker) in peers {
             let read = self.store.get(&key).await;
@@ -290,7 +296,11 @@ impl<S: LeaseStore> Coordinator<S> {
                 }
             }
         }
-        newly_dead
+        if newly_dead {
+            self.announce_death().await;
+            return true;
+        }
+        self.notice_changed().await
     }
 
     /// One take cycle: scan, judge expiry, take and steal.
