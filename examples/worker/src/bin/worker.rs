@@ -35,7 +35,8 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
-    Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError, WorkerHandle,
+    CheckpointPolicy, Config, DeadLetterSink, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError,
+    WorkerHandle,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
@@ -51,6 +52,16 @@ enum ProcessorKind {
     Jsonl,
     /// Replicate every change into `--target-table`, idempotently.
     Replicate,
+}
+
+/// When checkpoints are written (kcl-core's `CheckpointPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CheckpointPolicyArg {
+    /// Each checkpoint the processor asks for is written at once.
+    Processor,
+    /// Automatic after each processed batch, written at most every `--checkpoint-interval-ms`
+    /// (and always at shard end, on a graceful stop and after a dead letter).
+    Interval,
 }
 
 /// Consumes a DynamoDB stream as one worker of a fleet.
@@ -130,6 +141,14 @@ struct Args {
     /// Default: kcl-core's (10 s).
     #[arg(long, env = "KCL_IDLE_ACTIVE_WINDOW_MS")]
     idle_active_window_ms: Option<u64>,
+    /// When checkpoints are written. Default: kcl-core's (`interval`).
+    #[arg(long, env = "KCL_CHECKPOINT_POLICY", value_enum)]
+    checkpoint_policy: Option<CheckpointPolicyArg>,
+    /// Under `--checkpoint-policy interval`, the shortest time between two checkpoint writes
+    /// of a shard, in milliseconds; after a crash up to this much is processed again.
+    /// Default: kcl-core's (5 s).
+    #[arg(long, visible_alias = "checkpoint-interval", env = "KCL_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -208,6 +227,15 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     }
     if let Some(ms) = args.idle_active_window_ms {
         config = config.idle_active_window(Duration::from_millis(ms));
+    }
+    if let Some(policy) = args.checkpoint_policy {
+        config = config.checkpoint_policy(match policy {
+            CheckpointPolicyArg::Processor => CheckpointPolicy::Processor,
+            CheckpointPolicyArg::Interval => CheckpointPolicy::Interval,
+        });
+    }
+    if let Some(ms) = args.checkpoint_interval_ms {
+        config = config.checkpoint_interval(Duration::from_millis(ms));
     }
     let config = config.build().map_err(WorkerError::Config)?;
 
