@@ -59,6 +59,32 @@ pub enum LeaseRenewal {
     EveryLease,
 }
 
+/// When checkpoints are written to the lease table (see [`ConfigBuilder::checkpoint_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CheckpointPolicy {
+    /// Every `checkpoint` / `checkpoint_at` call of the processor is one lease-table write, at
+    /// once; the worker checkpoints by itself only at shard end, on a graceful stop and past
+    /// dead-lettered records. For processors that make their work durable across batches and
+    /// checkpoint when it is.
+    Processor,
+    /// Automatic (default): after each batch whose `process_records` returned `Ok`, the worker
+    /// records the batch's last sequence number and writes it at most every
+    /// [`checkpoint_interval`](ConfigBuilder::checkpoint_interval); the processor's own calls
+    /// are recorded the same way and written with the next write. A recorded checkpoint is
+    /// always written at once at shard end, on a graceful stop or handoff, past dead-lettered
+    /// records, and once the interval has passed even if no batch follows. A busy shard costs
+    /// one checkpoint write per interval instead of one per batch; after a crash, at most one
+    /// interval of records is delivered again.
+    #[default]
+    Interval,
+}
+
+/// Default for [`ConfigBuilder::checkpoint_interval`]: at most one checkpoint write per shard
+/// every 5 s under [`CheckpointPolicy::Interval`] (12 writes a minute for a busy shard instead
+/// of one per batch; after a crash at most 5 s of records are delivered again, about as much
+/// as a failover of the default 10 s lease duration already delays).
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Default time without progress after which a held shard counts as stalled.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(300);
 
@@ -169,6 +195,8 @@ pub struct Config {
     pub(crate) idle_wait_min: Duration,
     pub(crate) idle_wait_max: Duration,
     pub(crate) idle_active_window: Duration,
+    pub(crate) checkpoint_policy: CheckpointPolicy,
+    pub(crate) checkpoint_interval: Duration,
     pub(crate) max_records_per_read: usize,
     pub(crate) prefetch_batches: usize,
     pub(crate) max_leases_per_worker: usize,
@@ -203,6 +231,8 @@ impl Config {
                 idle_wait_min: DEFAULT_IDLE_WAIT_MIN,
                 idle_wait_max: DEFAULT_IDLE_WAIT_MAX,
                 idle_active_window: DEFAULT_IDLE_ACTIVE_WINDOW,
+                checkpoint_policy: CheckpointPolicy::Interval,
+                checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
                 max_records_per_read: DEFAULT_MAX_RECORDS_PER_READ,
                 prefetch_batches: DEFAULT_PREFETCH_BATCHES,
                 max_leases_per_worker: DEFAULT_MAX_LEASES_PER_WORKER,
@@ -320,6 +350,20 @@ impl ConfigBuilder {
     /// first empty read on.
     pub fn idle_active_window(mut self, d: Duration) -> Self {
         self.config.idle_active_window = d;
+        self
+    }
+    /// When checkpoints are written. Default [`CheckpointPolicy::Interval`]: automatic and
+    /// coalesced, at most every [`checkpoint_interval`](Self::checkpoint_interval).
+    pub fn checkpoint_policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.config.checkpoint_policy = policy;
+        self
+    }
+    /// Under [`CheckpointPolicy::Interval`], the shortest time between two checkpoint writes
+    /// of one shard (shard end, graceful stops and dead letters write at once). Default
+    /// [`DEFAULT_CHECKPOINT_INTERVAL`] (5 s). After a crash, up to this much of a shard's
+    /// records are delivered again.
+    pub fn checkpoint_interval(mut self, d: Duration) -> Self {
+        self.config.checkpoint_interval = d;
         self
     }
     /// Records per read, 1 to 1000. Default [`DEFAULT_MAX_RECORDS_PER_READ`] (1000).
@@ -448,6 +492,7 @@ impl ConfigBuilder {
             ("parent_poll_interval", c.parent_poll_interval),
             ("idle_wait_min", c.idle_wait_min),
             ("idle_wait_max", c.idle_wait_max),
+            ("checkpoint_interval", c.checkpoint_interval),
             ("min_retry_backoff", c.min_retry_backoff),
             ("max_retry_backoff", c.max_retry_backoff),
             ("max_record_age", c.max_record_age.unwrap_or(Duration::MAX)),
@@ -517,6 +562,8 @@ mod tests {
         assert_eq!(c.idle_active_window, Duration::from_secs(10));
         // The budget: an idle shard in its steady state reads at most 600 times an hour.
         assert!(Duration::from_secs(3600).as_nanos() / c.idle_wait_max.as_nanos() <= 600);
+        assert_eq!(c.checkpoint_policy, CheckpointPolicy::Interval);
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
     }
 
     #[test]
@@ -561,6 +608,7 @@ mod tests {
                 Config::builder("a").idle_wait(Duration::from_secs(2), Duration::from_secs(1)),
                 "idle_wait_min (2s) must be less than idle_wait_max",
             ),
+            (Config::builder("a").checkpoint_interval(Duration::ZERO), "checkpoint_interval is zero"),
             (
                 Config::builder("a").retry_backoff(Duration::from_secs(5), Duration::from_secs(1)),
                 "min_retry_backoff (5s) must be less than max_retry_backoff",

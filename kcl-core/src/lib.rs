@@ -32,7 +32,9 @@ pub mod testing;
 pub mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
-pub use config::{Config, ConfigBuilder, ConfigError, InitialPosition, LeaseRenewal, OnRetriesExhausted, OnStall};
+pub use config::{
+    CheckpointPolicy, Config, ConfigBuilder, ConfigError, InitialPosition, LeaseRenewal, OnRetriesExhausted, OnStall,
+};
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink, NoDeadLetter};
 pub use error::WorkerError;
 pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub(crate) read_ok_seconds: Histogram,
     pub(crate) read_errors: IntCounterVec,
     pub(crate) checkpoints: IntCounterVec,
+    pub(crate) checkpoints_coalesced: IntCounter,
     pub(crate) trimmed_data: IntCounter,
     pub(crate) shards_ended: IntCounter,
     pub(crate) lease_table_errors: IntCounterVec,
@@ -99,6 +100,11 @@ impl Metrics {
             checkpoints: IntCounterVec::new(
                 Opts::new("kcl_checkpoints_total", "Checkpoint writes, by result (ok, lease_lost, error)"),
                 &["result"],
+            )?,
+            checkpoints_coalesced: IntCounter::new(
+                "kcl_checkpoints_coalesced_total",
+                "Checkpoints recorded and then superseded by a later one before they were written (each saved one \
+                 lease-table write; see checkpoint_policy)",
             )?,
             trimmed_data: IntCounter::new(
                 "kcl_trimmed_data_total",
@@ -178,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(m.read_seconds.clone()))?;
         registry.register(Box::new(m.read_errors.clone()))?;
         registry.register(Box::new(m.checkpoints.clone()))?;
+        registry.register(Box::new(m.checkpoints_coalesced.clone()))?;
         registry.register(Box::new(m.trimmed_data.clone()))?;
         registry.register(Box::new(m.shards_ended.clone()))?;
         registry.register(Box::new(m.lease_table_errors.clone()))?;

@@ -21,9 +21,10 @@
 //!    whole window (it starts with the active window and the ramp of the adaptive wait) and
 //!    after the ramp (the steady idle rate), per open shard, scaled to an hour, compared with
 //!    Lambda's 4 polls a second.
-//! 4. Wake-ups: `LATENCY_BENCH_WAKE_PROBES` single items (default 5), each after
-//!    `LATENCY_BENCH_WAKE_GAP_SECS` (default 40 s) without writes, so the wait has grown to its
-//!    maximum: the first-change-after-idle latency.
+//! 4. Wake-ups: `LATENCY_BENCH_WAKE_PROBES` single items (default 8), each after
+//!    `LATENCY_BENCH_WAKE_GAP_SECS` (default 30 s) without writes plus an offset that spreads
+//!    the probes over one longest wait (8 s), so the wait has grown to its maximum and the
+//!    probes meet the idle polls at every phase: the first-change-after-idle latency.
 //!
 //! The figures are printed as `key=value` lines between `=== latency_bench ===` and
 //! `=== end ===`. Latency is dominated by the adaptive idle wait (`idle_wait`, default
@@ -38,8 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
 use kcl_core::config::{
-    DEFAULT_IDLE_ACTIVE_WINDOW, DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN, DEFAULT_MAX_RECORDS_PER_READ,
-    DEFAULT_PREFETCH_BATCHES,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_IDLE_ACTIVE_WINDOW, DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN,
+    DEFAULT_MAX_RECORDS_PER_READ, DEFAULT_PREFETCH_BATCHES,
 };
 use kcl_core::{Batch, Checkpointer, Config, ProcessorError, RecordProcessor, ShardId, ShardState, Worker};
 use tokio::sync::mpsc;
@@ -254,12 +255,12 @@ async fn run() -> Result<(), BoxError> {
     let items = env_u64("LATENCY_BENCH_ITEMS", 120)?;
     let spacing = Duration::from_millis(env_u64("LATENCY_BENCH_SPACING_MS", 1000)?);
     let idle_window = Duration::from_secs(env_u64("LATENCY_BENCH_IDLE_SECS", 120)?);
-    let wake_probes = env_u64("LATENCY_BENCH_WAKE_PROBES", 5)?;
-    let wake_gap = Duration::from_secs(env_u64("LATENCY_BENCH_WAKE_GAP_SECS", 40)?);
-    if items == 0 || spacing.is_zero() || idle_window <= IDLE_RAMP || wake_gap.is_zero() {
+    let wake_probes = env_u64("LATENCY_BENCH_WAKE_PROBES", 8)?;
+    let wake_gap = Duration::from_secs(env_u64("LATENCY_BENCH_WAKE_GAP_SECS", 30)?);
+    if items == 0 || spacing.is_zero() || idle_window <= IDLE_RAMP || wake_gap < IDLE_RAMP {
         return Err(format!(
-            "LATENCY_BENCH_ITEMS, LATENCY_BENCH_SPACING_MS and LATENCY_BENCH_WAKE_GAP_SECS must be positive, \
-             LATENCY_BENCH_IDLE_SECS more than {IDLE_RAMP:?}"
+            "LATENCY_BENCH_ITEMS and LATENCY_BENCH_SPACING_MS must be positive, LATENCY_BENCH_IDLE_SECS more than \
+             {IDLE_RAMP:?}, LATENCY_BENCH_WAKE_GAP_SECS at least that"
         )
         .into());
     }
@@ -354,7 +355,10 @@ async fn run() -> Result<(), BoxError> {
     let mut wakes = Vec::new();
     for i in 0..wake_probes {
         if i > 0 {
-            tokio::time::sleep(wake_gap).await;
+            // Spread over one longest wait, so the probes meet the idle polls at every phase.
+            let offset =
+                DEFAULT_IDLE_WAIT_MAX * u32::try_from(i).unwrap_or(0) / u32::try_from(wake_probes).unwrap_or(1);
+            tokio::time::sleep(wake_gap + offset).await;
         }
         write_items(&local, &table, Phase::Wake, i..i + 1, spacing).await?;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
@@ -377,9 +381,10 @@ async fn run() -> Result<(), BoxError> {
     println!("idle_wait_min_ms={}", DEFAULT_IDLE_WAIT_MIN.as_millis());
     println!("idle_wait_max_ms={}", DEFAULT_IDLE_WAIT_MAX.as_millis());
     println!("idle_active_window_ms={}", DEFAULT_IDLE_ACTIVE_WINDOW.as_millis());
+    println!("checkpoint_policy=Interval checkpoint_interval_ms={}", DEFAULT_CHECKPOINT_INTERVAL.as_millis());
     println!("max_records_per_read={DEFAULT_MAX_RECORDS_PER_READ}");
     println!("prefetch_batches={DEFAULT_PREFETCH_BATCHES}");
-    println!("processor=checkpoint after every batch");
+    println!("processor=calls checkpoint after every batch (coalesced by the default policy)");
     println!("warmup_items={WARMUP_ITEMS}");
     println!("worker_start_to_warm_s={:.2}", warmed_after.as_secs_f64());
     println!("items={items}");

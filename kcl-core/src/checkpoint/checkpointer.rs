@@ -1,9 +1,17 @@
 //! The [`Checkpointer`] seam and the lease-backed implementation handed to processors.
+//!
+//! The lease-backed checkpointer also coalesces: what the [`CheckpointPolicy`] defers is
+//! recorded as pending and written with the next write (see [`super::policy`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::policy::{Decision, Trigger, decide};
 use super::{Checkpoint, SequenceNumber};
+use crate::config::CheckpointPolicy;
 use crate::lease::held::HeldLease;
 use crate::lease::{LeaseStore, LeaseStoreError, LeaseUpdate};
 use crate::metrics::Metrics;
@@ -73,11 +81,99 @@ pub(crate) struct LeaseCheckpointer<S> {
     held: Arc<HeldLease>,
     metrics: Metrics,
     last_delivered: Mutex<Option<SequenceNumber>>,
+    policy: CheckpointPolicy,
+    interval: Duration,
+    coalesced: Mutex<Coalesced>,
+}
+
+/// What is recorded but not written yet.
+#[derive(Debug)]
+struct Coalesced {
+    /// The checkpoint to write with the next write.
+    pending: Option<SequenceNumber>,
+    /// When the last write was attempted (or the checkpointer made).
+    last_attempt: Instant,
 }
 
 impl<S: LeaseStore> LeaseCheckpointer<S> {
-    pub(crate) fn new(store: Arc<S>, held: Arc<HeldLease>, metrics: Metrics) -> Self {
-        Self { store, held, metrics, last_delivered: Mutex::new(None) }
+    pub(crate) fn new(
+        store: Arc<S>,
+        held: Arc<HeldLease>,
+        metrics: Metrics,
+        policy: CheckpointPolicy,
+        interval: Duration,
+    ) -> Self {
+        let coalesced = Mutex::new(Coalesced { pending: None, last_attempt: Instant::now() });
+        Self { store, held, metrics, last_delivered: Mutex::new(None), policy, interval, coalesced }
+    }
+
+    fn coalesced(&self) -> std::sync::MutexGuard<'_, Coalesced> {
+        self.coalesced.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers a checkpoint at `seq` (every record up to it handled): written now, recorded
+    /// for a later write, or dropped, as [`decide`] says for `trigger`.
+    pub(crate) async fn offer(&self, seq: SequenceNumber, trigger: Trigger) -> Result<(), CheckpointError> {
+        let since = self.coalesced().last_attempt.elapsed();
+        match decide(self.policy, self.interval, trigger, since) {
+            Decision::Ignore => Ok(()),
+            Decision::Defer(_) => {
+                self.record(seq);
+                Ok(())
+            }
+            Decision::Write => {
+                self.record(seq);
+                self.flush().await
+            }
+        }
+    }
+
+    /// Writes what is pending, if anything, when the interval has passed (the deliverer's
+    /// timer, for a shard that has gone quiet).
+    pub(crate) async fn on_timer(&self) -> Result<(), CheckpointError> {
+        let since = self.coalesced().last_attempt.elapsed();
+        match decide(self.policy, self.interval, Trigger::Timer, since) {
+            Decision::Write => self.flush().await,
+            Decision::Defer(_) | Decision::Ignore => Ok(()),
+        }
+    }
+
+    /// When the pending checkpoint is due, if one is pending.
+    pub(crate) fn flush_due(&self) -> Option<Instant> {
+        let c = self.coalesced();
+        c.pending.as_ref().map(|_| c.last_attempt + self.interval)
+    }
+
+    /// Records `seq` as pending (checkpoints only move forward: the later of the two stays).
+    fn record(&self, seq: SequenceNumber) {
+        let mut c = self.coalesced();
+        match &c.pending {
+            Some(p) => {
+                // The earlier of the two will never be written on its own.
+                self.metrics.checkpoints_coalesced.inc();
+                if seq > *p {
+                    c.pending = Some(seq);
+                }
+            }
+            None => c.pending = Some(seq),
+        }
+    }
+
+    /// Writes the pending checkpoint now, if there is one. A failed write (other than a lost
+    /// lease or a checkpoint already passed) keeps it pending for the next attempt.
+    pub(crate) async fn flush(&self) -> Result<(), CheckpointError> {
+        let pending = {
+            let mut c = self.coalesced();
+            c.last_attempt = Instant::now();
+            c.pending.take()
+        };
+        let Some(seq) = pending else { return Ok(()) };
+        let result = self.write(Checkpoint::At(seq.clone())).await;
+        // Under the processor's policy the failed call's answer tells the processor instead.
+        if let (Err(CheckpointError::Store(_)), CheckpointPolicy::Interval) = (&result, self.policy) {
+            self.record(seq);
+        }
+        result
     }
 
     /// Called by the consumer before it delivers a batch ending at `seq`.
@@ -89,8 +185,8 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Writes `checkpoint` conditionally; shared by the processor-facing calls and the
-    /// consumer's own SHARD_END and shutdown checkpoints.
+    /// Writes `checkpoint` conditionally, at once; shared by [`Self::flush`] and the
+    /// consumer's own SHARD_END checkpoint.
     pub(crate) async fn write(&self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
         let lost = || CheckpointError::LeaseLost { shard: self.held.shard_id.to_string() };
         if self.held.is_lost() {
@@ -114,6 +210,10 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
             Ok(LeaseUpdate::Applied(updated)) => {
                 *lease = updated;
                 self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+                if checkpoint.is_shard_end() {
+                    // Nothing recorded before the end is worth a write any more.
+                    self.coalesced().pending = None;
+                }
                 Ok(())
             }
             Ok(LeaseUpdate::Lost) => {
@@ -132,6 +232,22 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
     pub(crate) async fn current(&self) -> Checkpoint {
         self.held.lock().await.checkpoint.clone()
     }
+
+    /// A checkpoint the processor asked for: written at once under
+    /// [`CheckpointPolicy::Processor`]; under [`CheckpointPolicy::Interval`] checked now (the
+    /// lease is still held, the checkpoint does not move back) and coalesced.
+    async fn requested(&self, seq: SequenceNumber) -> Result<(), CheckpointError> {
+        if self.policy == CheckpointPolicy::Interval {
+            if self.held.is_lost() {
+                return Err(CheckpointError::LeaseLost { shard: self.held.shard_id.to_string() });
+            }
+            let current = self.current().await;
+            if !current.may_advance_to(&Checkpoint::At(seq.clone())) {
+                return Err(CheckpointError::BehindCurrent { requested: seq, current });
+            }
+        }
+        self.offer(seq, Trigger::Requested).await
+    }
 }
 
 impl<S: LeaseStore> Checkpointer for LeaseCheckpointer<S> {
@@ -139,7 +255,7 @@ impl<S: LeaseStore> Checkpointer for LeaseCheckpointer<S> {
         let Some(seq) = self.last_delivered() else {
             return Err(CheckpointError::NothingDelivered);
         };
-        self.write(Checkpoint::At(seq)).await
+        self.requested(seq).await
     }
 
     async fn checkpoint_at(&self, sequence_number: &SequenceNumber) -> Result<(), CheckpointError> {
@@ -147,6 +263,6 @@ impl<S: LeaseStore> Checkpointer for LeaseCheckpointer<S> {
         if last.as_ref().is_none_or(|l| sequence_number > l) {
             return Err(CheckpointError::BeyondDelivered { requested: sequence_number.clone(), last_delivered: last });
         }
-        self.write(Checkpoint::At(sequence_number.clone())).await
+        self.requested(sequence_number.clone()).await
     }
 }

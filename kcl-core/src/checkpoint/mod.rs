@@ -2,6 +2,7 @@
 //! a processor uses to record progress.
 
 mod checkpointer;
+pub(crate) mod policy;
 mod sequence;
 
 pub(crate) use checkpointer::LeaseCheckpointer;

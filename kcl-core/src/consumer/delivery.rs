@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::guard::Callback;
 use super::{ConsumerContext, Interrupted};
-use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
+use crate::checkpoint::policy::Trigger;
+use crate::checkpoint::{LeaseCheckpointer, SequenceNumber};
 use crate::config::OnRetriesExhausted;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::lease::LeaseStore;
@@ -113,7 +114,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 let handled = part.records[done - 1].sequence_number().clone();
                 self.metrics.records_processed.inc_by(done as u64);
                 self.status.processed(&held.shard_id, done as u64, handled.clone(), part.lag);
-                self.checkpoint_or_stop(checkpointer, handled).await?;
+                let written = checkpointer.offer(handled, Trigger::Requested).await;
+                self.checkpointed(held, written)?;
                 part.records.drain(..done);
                 if part.records.is_empty() {
                     return Ok(Attempt::Done);
@@ -208,21 +210,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             }
         }
         self.status.update(&held.shard_id, |s| s.state = ShardState::Processing);
-        self.checkpoint_or_stop(checkpointer, last).await
-    }
-
-    async fn checkpoint_or_stop(
-        &self,
-        checkpointer: &LeaseCheckpointer<L>,
-        at: SequenceNumber,
-    ) -> Result<(), Interrupted> {
-        match checkpointer.write(Checkpoint::At(at)).await {
-            Err(CheckpointError::LeaseLost { .. }) => Err(Interrupted::LeaseLost),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint failed; the next one will cover these records");
-                Ok(())
-            }
-            Ok(()) => Ok(()),
-        }
+        // Past a dead letter the checkpoint is written at once, whatever the policy.
+        let written = checkpointer.offer(last, Trigger::Flush).await;
+        self.checkpointed(held, written)
     }
 }

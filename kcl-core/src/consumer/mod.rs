@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::policy::Trigger;
 use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
 use crate::config::{Config, OnRetriesExhausted};
 use crate::dead_letter::DeadLetterSink;
@@ -156,7 +157,13 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         if let Err(i) = self.wait_for_parents(held).await {
             return self.interrupted(held, i, processor, None).await;
         }
-        let checkpointer = LeaseCheckpointer::new(self.store.clone(), held.clone(), self.metrics.clone());
+        let checkpointer = LeaseCheckpointer::new(
+            self.store.clone(),
+            held.clone(),
+            self.metrics.clone(),
+            self.config.checkpoint_policy,
+            self.config.checkpoint_interval,
+        );
         let checkpoint = checkpointer.current().await;
         self.status.update(&shard, |s| {
             s.state = ShardState::Processing;
@@ -345,6 +352,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let shard = held.shard_id.clone();
         let mut last_processed: Option<SequenceNumber> = None;
         loop {
+            // A coalesced checkpoint is written once its interval passed, also when no batch
+            // comes any more.
+            let due = checkpointer.flush_due();
             let next = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
@@ -352,6 +362,12 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                 }
                 next = rx.recv() => next,
+                () = sleep_until(due) => {
+                    if self.checkpointed(held, checkpointer.on_timer().await).is_err() {
+                        return ConsumerExit::LeaseLost;
+                    }
+                    continue;
+                }
             };
             let handled = match next {
                 Some(Fetched::Records(records)) => {
@@ -369,12 +385,28 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             match handled {
                 Ok(last) => {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    last_processed = Some(last);
+                    last_processed = Some(last.clone());
+                    if self.checkpointed(held, checkpointer.offer(last, Trigger::Processed).await).is_err() {
+                        return ConsumerExit::LeaseLost;
+                    }
                 }
                 Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
                 Err(Interrupted::Shutdown) => {
                     return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
                 }
+            }
+        }
+    }
+
+    /// Judges the result of one of the worker's own checkpoints: a lost lease stops the
+    /// consumer; other failures are logged, and the next checkpoint covers these records.
+    fn checkpointed(&self, held: &HeldLease, result: Result<(), CheckpointError>) -> Result<(), Interrupted> {
+        match result {
+            Ok(()) | Err(CheckpointError::BehindCurrent { .. }) => Ok(()),
+            Err(CheckpointError::LeaseLost { .. }) => Err(Interrupted::LeaseLost),
+            Err(e) => {
+                tracing::warn!(shard = %held.shard_id, error = %e, "checkpoint failed; the next one will cover these records");
+                Ok(())
             }
         }
     }
@@ -405,6 +437,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     ) -> ConsumerExit {
         if self.wait_until_valid(held).await.is_err() {
             return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+        }
+        // What is processed is durable before the processor's hook runs (it may keep failing).
+        if self.checkpointed(held, checkpointer.flush().await).is_err() {
+            return ConsumerExit::LeaseLost;
         }
         if self.shard_ended_call(held, processor, checkpointer).await.is_err() {
             return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
@@ -448,17 +484,20 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         if flushed.await.is_err() {
             // What the processor holds may not be durable: leave the checkpoint where it is, so
             // the next owner delivers those records again.
+            // Under the interval policy, what was recorded is of batches that returned `Ok`.
             tracing::error!(shard = %held.shard_id, last = ?last_processed,
-                "shutdown_requested panicked; not checkpointing past the processor's own checkpoints");
+                "shutdown_requested panicked; not checkpointing past the processor's own (and recorded) checkpoints");
+            let _ = self.checkpointed(held, checkpointer.flush().await);
             self.release(held).await;
             return ConsumerExit::Shutdown;
         }
-        if let Some(last) = last_processed {
-            match checkpointer.write(Checkpoint::At(last)).await {
-                Ok(()) | Err(CheckpointError::BehindCurrent { .. }) => {}
-                Err(e) => tracing::warn!(shard = %held.shard_id, error = %e, "final checkpoint failed"),
-            }
-        }
+        // A graceful stop (and a handoff, which stops the same way) writes what is recorded
+        // and the last batch that returned `Ok`, at once.
+        let last = match last_processed {
+            Some(last) => checkpointer.offer(last, Trigger::Flush).await,
+            None => checkpointer.flush().await,
+        };
+        let _ = self.checkpointed(held, last);
         self.release(held).await;
         ConsumerExit::Shutdown
     }
@@ -503,6 +542,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
 /// full (or sync has stopped) the periodic sync creates the children instead. False then.
 fn tell_shard_ended(queue: &mpsc::Sender<ShardId>, shard: &ShardId) -> bool {
     queue.try_send(shard.clone()).is_ok()
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn lag_of<R: StreamRecord>(records: &[R]) -> Option<Duration> {

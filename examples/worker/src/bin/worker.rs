@@ -35,8 +35,8 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
-    Config, DeadLetterSink, LeaseRenewal, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker, WorkerError,
-    WorkerHandle,
+    CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker,
+    WorkerError, WorkerHandle,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
@@ -61,6 +61,16 @@ enum Renewal {
     Heartbeat,
     /// Every held lease too, as Java KCL does (one write per lease every lease duration / 3).
     EveryLease,
+}
+
+/// When checkpoints are written (kcl-core's `CheckpointPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CheckpointPolicyArg {
+    /// Each checkpoint the processor asks for is written at once.
+    Processor,
+    /// Automatic after each processed batch, written at most every `--checkpoint-interval-ms`
+    /// (and always at shard end, on a graceful stop and after a dead letter).
+    Interval,
 }
 
 /// Consumes a DynamoDB stream as one worker of a fleet.
@@ -144,6 +154,14 @@ struct Args {
     /// for a fleet still running workers that judge leases by their counters).
     #[arg(long, env = "KCL_LEASE_RENEWAL", value_enum, default_value_t = Renewal::Heartbeat)]
     lease_renewal: Renewal,
+    /// When checkpoints are written. Default: kcl-core's (`interval`).
+    #[arg(long, env = "KCL_CHECKPOINT_POLICY", value_enum)]
+    checkpoint_policy: Option<CheckpointPolicyArg>,
+    /// Under `--checkpoint-policy interval`, the shortest time between two checkpoint writes
+    /// of a shard, in milliseconds; after a crash up to this much is processed again.
+    /// Default: kcl-core's (5 s).
+    #[arg(long, visible_alias = "checkpoint-interval", env = "KCL_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -227,6 +245,15 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
         Renewal::Heartbeat => LeaseRenewal::Heartbeat,
         Renewal::EveryLease => LeaseRenewal::EveryLease,
     });
+    if let Some(policy) = args.checkpoint_policy {
+        config = config.checkpoint_policy(match policy {
+            CheckpointPolicyArg::Processor => CheckpointPolicy::Processor,
+            CheckpointPolicyArg::Interval => CheckpointPolicy::Interval,
+        });
+    }
+    if let Some(ms) = args.checkpoint_interval_ms {
+        config = config.checkpoint_interval(Duration::from_millis(ms));
+    }
     let config = config.build().map_err(WorkerError::Config)?;
 
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
