@@ -149,6 +149,40 @@ async fn an_owner_that_ignores_requests_loses_the_lease_after_a_lease_duration()
     assert_eq!(report.stats.lost, 0);
 }
 
+/// An owner that cannot answer for a while (paused, or cut off from the table for less than a
+/// lease duration) fences itself, then reads the request with its first renewal and hands the
+/// lease over: still no steal, and no record delivered twice.
+#[tokio::test(start_paused = true)]
+async fn an_owner_paused_when_asked_answers_once_back() {
+    init_tracing();
+    let sim = StreamSimulator::builder().seed(25).initial_shards(8).build();
+    let mut fleet = Fleet::new(sim, MemoryLeaseStore::new());
+    fleet.start("a");
+    fleet
+        .wait_for(Duration::from_secs(60), "a to own everything", |f| f.owners().get(&Some("a".to_owned())) == Some(&8))
+        .await;
+    fleet.write(200, 40, Duration::from_millis(5)).await;
+    fleet.set_cut("a", true);
+    let joined = Instant::now();
+    fleet.start("b");
+    fleet.write(600, 40, Duration::from_millis(10)).await; // 6 s: a is away for most of b's wait
+    fleet.set_cut("a", false);
+    fleet.write(1000, 40, Duration::from_millis(10)).await;
+    let took = fleet.wait_for(Duration::from_secs(60), "b to get its share", Fleet::balanced).await;
+    fleet.drain(Duration::from_secs(60)).await;
+    let history = fleet.store.history();
+    fleet.stop_all().await;
+
+    let moved = takes(&history, joined);
+    println!("b balanced {took:?} after a came back; takes since b joined: {moved:?}");
+    assert_eq!(moved.get(&("b".to_owned(), None)), Some(&4), "a handed 4 leases over once back: {moved:?}");
+    assert!(moved.keys().all(|(_, from)| from.is_none()), "nothing was taken from a: {moved:?}");
+    let report = fleet.check().await;
+    report.assert_ok();
+    assert_eq!(report.stats.duplicates, 0, "{:?}", report.stats);
+    assert_eq!(report.stats.lost, 0);
+}
+
 /// Lease-table writes in steady state: the heartbeats only, whatever the number of leases.
 #[tokio::test(start_paused = true)]
 async fn idle_leases_are_not_rewritten() {

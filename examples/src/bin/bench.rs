@@ -5,7 +5,10 @@
 //! 2. peak RSS of one worker holding 10,000 leases;
 //! 3. failover time (a worker is killed → its leases are owned by the survivors) and rebalance
 //!    time (a worker joins → the fleet is balanced), in simulated seconds and take cycles;
-//! 4. lease-table writes per held lease per minute.
+//! 4. lease-table writes per held lease per minute;
+//! 5. at scale: 10 workers sharing 100,000 leases (paused time): lease-table writes and reads
+//!    per minute in steady state, failover after a kill and balancing after a join, with the
+//!    default (heartbeat-only) leases. `--scale-only` runs just this part.
 //!
 //! `cargo run --release -p kcl-examples --bin bench`
 
@@ -284,7 +287,101 @@ fn memory_in_child() -> (u64, u64, usize) {
     }
 }
 
+/// What the 100,000-lease fleet measured.
+struct Scale {
+    balanced_after: Duration,
+    writes_per_minute: u64,
+    reads_per_minute: u64,
+    lease_writes_per_minute: u64,
+    failover: Duration,
+    rebalance: Duration,
+    handoffs: u64,
+}
+
+/// 10 workers share 100,000 idle leases: a simulated minute of steady state, then one worker
+/// is killed (failover) and a new one joins (balancing by handoff).
+fn at_scale(workers: usize, leases: usize) -> Scale {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    rt.block_on(async move {
+        let sim = StreamSimulator::builder().seed(9).initial_shards(leases).build();
+        let store = MemoryLeaseStore::new().with_history(kcl_core::testing::memory_store::HistoryMode::Off);
+        let mut fleet = FleetBench { sim, store, workers: BTreeMap::new() };
+        let start = Instant::now();
+        for i in 0..workers {
+            fleet.start(&format!("w{i:02}"));
+        }
+        fleet.until(FleetBench::balanced).await;
+        let balanced_after = start.elapsed();
+        tokio::time::sleep(kcl_core::config::DEFAULT_LEASE_DURATION).await;
+        let before = fleet.store.stats();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let after = fleet.store.stats();
+        let delta =
+            |kinds: &[LeaseOpKind]| kinds.iter().map(|k| after.of(*k).calls() - before.of(*k).calls()).sum::<u64>();
+        let writes: Vec<LeaseOpKind> = LeaseOpKind::ALL.into_iter().filter(|k| k.is_write()).collect();
+        let writes_per_minute = delta(&writes);
+        let reads_per_minute = delta(&[LeaseOpKind::Get, LeaseOpKind::List]);
+        let lease_writes_per_minute = delta(&[LeaseOpKind::Take, LeaseOpKind::Checkpoint, LeaseOpKind::Release]);
+        if let Some((_, task)) = fleet.workers.remove("w01") {
+            task.abort();
+        }
+        let failover = fleet.until(|f| f.counts().keys().all(|k| k.as_deref().is_some_and(|k| k != "w01"))).await;
+        fleet.until(FleetBench::balanced).await;
+        let releases_before = fleet.store.stats().of(LeaseOpKind::Release).applied();
+        fleet.start("joiner");
+        let rebalance = fleet.until(FleetBench::balanced).await;
+        let handoffs = fleet.store.stats().of(LeaseOpKind::Release).applied() - releases_before;
+        for (_, (_, task)) in std::mem::take(&mut fleet.workers) {
+            task.abort();
+        }
+        Scale {
+            balanced_after,
+            writes_per_minute,
+            reads_per_minute,
+            lease_writes_per_minute,
+            failover,
+            rebalance,
+            handoffs,
+        }
+    })
+}
+
+fn print_scale() {
+    let (workers, leases) = (10, 100_000);
+    let wall = std::time::Instant::now();
+    let s = at_scale(workers, leases);
+    let target = kcl_core::config::DEFAULT_LEASE_DURATION + Duration::from_secs(2);
+    println!("scale_workers={workers} scale_leases={leases} (wall {:.0} s)", wall.elapsed().as_secs_f64());
+    println!("scale_balanced_after_start_s={:.1}", s.balanced_after.as_secs_f64());
+    println!(
+        "scale_lease_table_writes_per_minute={} ({:.1} per worker; shard leases: {}, {:.5} per lease per hour)",
+        s.writes_per_minute,
+        s.writes_per_minute as f64 / workers as f64,
+        s.lease_writes_per_minute,
+        s.lease_writes_per_minute as f64 * 60.0 / leases as f64
+    );
+    println!(
+        "scale_lease_table_reads_per_minute={} ({:.1} per worker)",
+        s.reads_per_minute,
+        s.reads_per_minute as f64 / workers as f64
+    );
+    println!(
+        "scale_failover_s={:.1} (target <= {:.0}) {}",
+        s.failover.as_secs_f64(),
+        target.as_secs_f64(),
+        verdict(s.failover <= target)
+    );
+    println!("scale_join_balanced_s={:.1} ({} leases handed over)", s.rebalance.as_secs_f64(), s.handoffs);
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--scale-only") {
+        print_scale();
+        return;
+    }
     if std::env::args().any(|a| a == "--memory-only") {
         let (before, peak, held) = memory_with_10k_leases();
         println!("{before} {peak} {held}");
@@ -340,6 +437,7 @@ async fn run() {
         verdict(cycles <= 2.0)
     );
     println!("lease_table_writes_per_lease_per_minute={writes:.1}");
+    tokio::task::spawn_blocking(print_scale).await.unwrap_or_default();
 }
 
 fn secs(v: &[Duration]) -> String {
