@@ -175,6 +175,8 @@ fn memory_with_10k_leases() -> (u64, u64, usize) {
 struct FleetBench {
     sim: StreamSimulator,
     store: MemoryLeaseStore,
+    /// How often `until` checks (each check reads the whole table).
+    poll: Duration,
     workers: BTreeMap<String, (WorkerHandle, tokio::task::JoinHandle<Result<(), kcl_core::WorkerError>>)>,
 }
 
@@ -214,7 +216,7 @@ impl FleetBench {
     async fn until(&self, cond: impl Fn(&Self) -> bool) -> Duration {
         let start = Instant::now();
         while !cond(self) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(self.poll).await;
             if start.elapsed() > Duration::from_secs(300) {
                 break;
             }
@@ -232,7 +234,7 @@ fn failover_and_rebalance(seed: u64) -> (Duration, Duration, f64) {
     };
     rt.block_on(async move {
         let sim = StreamSimulator::builder().seed(seed).initial_shards(60).build();
-        let mut fleet = FleetBench { sim, store: MemoryLeaseStore::new(), workers: BTreeMap::new() };
+        let mut fleet = FleetBench { sim, store: MemoryLeaseStore::new(), poll: Duration::from_millis(50), workers: BTreeMap::new() };
         for w in ["a", "b", "c"] {
             fleet.start(w);
         }
@@ -308,13 +310,15 @@ fn at_scale(workers: usize, leases: usize) -> Scale {
     rt.block_on(async move {
         let sim = StreamSimulator::builder().seed(9).initial_shards(leases).build();
         let store = MemoryLeaseStore::new().with_history(kcl_core::testing::memory_store::HistoryMode::Off);
-        let mut fleet = FleetBench { sim, store, workers: BTreeMap::new() };
+        let mut fleet = FleetBench { sim, store, poll: Duration::from_millis(500), workers: BTreeMap::new() };
+        let phase = |what: &str| eprintln!("scale: {what}");
         let start = Instant::now();
         for i in 0..workers {
             fleet.start(&format!("w{i:02}"));
         }
         fleet.until(FleetBench::balanced).await;
         let balanced_after = start.elapsed();
+        phase("balanced");
         tokio::time::sleep(kcl_core::config::DEFAULT_LEASE_DURATION).await;
         let before = fleet.store.stats();
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -325,11 +329,13 @@ fn at_scale(workers: usize, leases: usize) -> Scale {
         let writes_per_minute = delta(&writes);
         let reads_per_minute = delta(&[LeaseOpKind::Get, LeaseOpKind::List]);
         let lease_writes_per_minute = delta(&[LeaseOpKind::Take, LeaseOpKind::Checkpoint, LeaseOpKind::Release]);
+        phase("steady minute counted");
         if let Some((_, task)) = fleet.workers.remove("w01") {
             task.abort();
         }
         let failover = fleet.until(|f| f.counts().keys().all(|k| k.as_deref().is_some_and(|k| k != "w01"))).await;
         fleet.until(FleetBench::balanced).await;
+        phase("failed over");
         let releases_before = fleet.store.stats().of(LeaseOpKind::Release).applied();
         fleet.start("joiner");
         let rebalance = fleet.until(FleetBench::balanced).await;
@@ -350,7 +356,8 @@ fn at_scale(workers: usize, leases: usize) -> Scale {
 }
 
 fn print_scale() {
-    let (workers, leases) = (10, 100_000);
+    let leases = std::env::var("BENCH_SCALE_LEASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let workers = 10;
     let wall = std::time::Instant::now();
     let s = at_scale(workers, leases);
     let target = kcl_core::config::DEFAULT_LEASE_DURATION + Duration::from_secs(2);
