@@ -81,8 +81,13 @@ impl<L: LeaseStore> LeaseStore for TimedStore<L> {
         self.limited("release", self.inner.release(expected)).await
     }
 
-    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
-        self.limited("handoff request", self.inner.request_handoff(heartbeat, shard)).await
+    async fn request_handoff(
+        &self,
+        heartbeat: &Lease,
+        from: &WorkerId,
+        n: u32,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.limited("handoff request", self.inner.request_handoff(heartbeat, from, n)).await
     }
 
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
@@ -173,7 +178,7 @@ mod tests {
         async fn release(&self, _: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
             std::future::pending().await
         }
-        async fn request_handoff(&self, _: &Lease, _: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+        async fn request_handoff(&self, _: &Lease, _: &WorkerId, _: u32) -> Result<LeaseUpdate, LeaseStoreError> {
             std::future::pending().await
         }
         async fn delete(&self, _: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

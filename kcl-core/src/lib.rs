@@ -37,7 +37,9 @@ pub use config::{
 };
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink, NoDeadLetter};
 pub use error::WorkerError;
-pub use lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};
+pub use lease::{
+    HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
+};
 pub use metrics::Metrics;
 pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, RecordProcessorFactory};
 pub use shard::ShardId;

@@ -156,8 +156,13 @@ mod broken_stores {
             }
         }
 
-        async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
-            let update = self.inner.request_handoff(&self.as_stored(heartbeat), shard).await?;
+        async fn request_handoff(
+            &self,
+            heartbeat: &Lease,
+            from: &WorkerId,
+            n: u32,
+        ) -> Result<LeaseUpdate, LeaseStoreError> {
+            let update = self.inner.request_handoff(&self.as_stored(heartbeat), from, n).await?;
             match update {
                 LeaseUpdate::Applied(mut l) if self.bug == Bug::HandoffRequestBumpsCounter => {
                     l.counter += 1;

@@ -234,7 +234,12 @@ fn failover_and_rebalance(seed: u64) -> (Duration, Duration, f64) {
     };
     rt.block_on(async move {
         let sim = StreamSimulator::builder().seed(seed).initial_shards(60).build();
-        let mut fleet = FleetBench { sim, store: MemoryLeaseStore::new(), poll: Duration::from_millis(50), workers: BTreeMap::new() };
+        let mut fleet = FleetBench {
+            sim,
+            store: MemoryLeaseStore::new(),
+            poll: Duration::from_millis(50),
+            workers: BTreeMap::new(),
+        };
         for w in ["a", "b", "c"] {
             fleet.start(w);
         }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStoreError, LeaseStoreErrorKind, ShardId, WorkerId};
+use kcl_core::{Checkpoint, HandoffRequest, Lease, LeaseKey, LeaseStoreError, LeaseStoreErrorKind, ShardId, WorkerId};
 
 /// Attribute names of the lease table, as Java KCL (with the DynamoDB Streams adapter) writes
 /// them, so a table written by KCL can be continued from its checkpoints.
@@ -30,9 +30,10 @@ pub mod attribute {
     pub const PENDING_CHECKPOINT_SUB_SEQUENCE_NUMBER: &str = "pendingCheckpointSubSequenceNumber";
     /// B: application state of the pending checkpoint (KCL; removed with it).
     pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
-    /// SS, on a worker heartbeat only (not a KCL attribute): the shard leases other workers
-    /// asked this worker to hand over; absent when there are none.
-    pub const HANDOFF_REQUESTS: &str = "handoffRequests";
+    /// Prefix of N attributes on a worker heartbeat only (not KCL attributes): one per worker
+    /// asking this one to hand leases over, named by the asking worker's id, with how many;
+    /// absent when there are none.
+    pub const HANDOFF_REQUEST_PREFIX: &str = "handoffRequest:";
 }
 
 use attribute as a;
@@ -58,15 +59,15 @@ pub(crate) fn to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     if let Some(pending) = &lease.pending_checkpoint {
         item.insert(a::PENDING_CHECKPOINT.to_owned(), AttributeValue::S(pending.to_store_string()));
     }
-    if let Some(set) = key_set(&lease.handoff_requests) {
-        item.insert(a::HANDOFF_REQUESTS.to_owned(), set);
+    for r in &lease.handoff_requests {
+        item.insert(request_attribute(&r.from), number(u64::from(r.leases)));
     }
     item
 }
 
-/// A string set of lease keys, `None` when empty (DynamoDB has no empty sets).
-pub(crate) fn key_set(keys: &[LeaseKey]) -> Option<AttributeValue> {
-    (!keys.is_empty()).then(|| AttributeValue::Ss(keys.iter().map(|k| k.as_str().to_owned()).collect()))
+/// The attribute holding `from`'s handoff request on a heartbeat.
+pub(crate) fn request_attribute(from: &WorkerId) -> String {
+    format!("{}{from}", a::HANDOFF_REQUEST_PREFIX)
 }
 
 /// A number attribute.
@@ -142,8 +143,36 @@ pub(crate) fn from_item(table: &str, item: &HashMap<String, AttributeValue>) -> 
         parent_shard_ids: shard_set(a::PARENT_SHARD_ID)?,
         child_shard_ids: shard_set(a::CHILD_SHARD_IDS)?,
         owner_switches_since_checkpoint: counter(a::OWNER_SWITCHES_SINCE_CHECKPOINT, false)?,
-        handoff_requests: shard_set(a::HANDOFF_REQUESTS)?.iter().map(LeaseKey::for_shard).collect(),
+        handoff_requests: handoff_requests(table, &key, item)?,
     })
+}
+
+/// The handoff requests on a heartbeat item, sorted.
+fn handoff_requests(
+    table: &str,
+    key: &str,
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Vec<HandoffRequest>, LeaseStoreError> {
+    let mut out = Vec::new();
+    for (name, value) in item {
+        let Some(from) = name.strip_prefix(a::HANDOFF_REQUEST_PREFIX) else { continue };
+        let leases = match value {
+            AttributeValue::N(n) => n.parse::<u32>().ok(),
+            _ => None,
+        };
+        let Some(leases) = leases else {
+            return Err(LeaseStoreError::new(
+                LeaseStoreErrorKind::Malformed,
+                format!(
+                    "lease table {table}: item {key}: attribute `{name}` should be a count of leases (N), found {}",
+                    found(Some(value))
+                ),
+            ));
+        };
+        out.push(HandoffRequest::new(WorkerId::new(from), leases));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Describes a found attribute for error messages, without dumping large values.
@@ -199,10 +228,14 @@ mod tests {
     fn round_trips_and_omits_empty_sets() {
         let mut lease = from_item("t", &kcl_item()).unwrap_or_else(|e| panic!("{e}"));
         lease.pending_checkpoint = Some(Checkpoint::ShardEnd);
-        lease.handoff_requests = vec![LeaseKey::from_raw("shardId-1"), LeaseKey::from_raw("shardId-2")];
+        lease.handoff_requests =
+            vec![HandoffRequest::new(WorkerId::new("w-a"), 3), HandoffRequest::new(WorkerId::new("w-b"), 1)];
         assert_eq!(from_item("t", &to_item(&lease)).ok(), Some(lease.clone()));
         lease.handoff_requests.clear();
-        assert!(!to_item(&lease).contains_key(a::HANDOFF_REQUESTS));
+        assert!(!to_item(&lease).keys().any(|k| k.starts_with(a::HANDOFF_REQUEST_PREFIX)));
+        let mut bad = to_item(&lease);
+        bad.insert(request_attribute(&WorkerId::new("w-c")), s("many"));
+        assert!(from_item("t", &bad).is_err_and(|e| e.to_string().contains("`handoffRequest:w-c`")));
         lease.parent_shard_ids.clear();
         lease.owner = None;
         let item = to_item(&lease);

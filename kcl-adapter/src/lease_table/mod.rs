@@ -89,14 +89,16 @@ impl DynamoLeaseStore {
         };
         let expression = match change {
             // The requests the owner has seen (in its last renewal's answer) are done with.
-            Change::Renew => match item::key_set(&expected.handoff_requests) {
-                Some(seen) => {
-                    name("#requests", a::HANDOFF_REQUESTS);
-                    values.insert(":seen".to_owned(), seen);
-                    "SET #counter = :next_counter DELETE #requests :seen".to_owned()
+            Change::Renew if expected.handoff_requests.is_empty() => "SET #counter = :next_counter".to_owned(),
+            Change::Renew => {
+                let mut seen = Vec::new();
+                for (i, r) in expected.handoff_requests.iter().enumerate() {
+                    let placeholder = format!("#seen{i}");
+                    name(&placeholder, &item::request_attribute(&r.from));
+                    seen.push(placeholder);
                 }
-                None => "SET #counter = :next_counter".to_owned(),
-            },
+                format!("SET #counter = :next_counter REMOVE {}", seen.join(", "))
+            }
             Change::Take(new_owner) => {
                 values.insert(":new_owner".to_owned(), AttributeValue::S(new_owner.as_str().to_owned()));
                 if expected.owner.as_ref() == Some(new_owner) {
@@ -242,18 +244,23 @@ impl LeaseStore for DynamoLeaseStore {
         self.update("release", expected, Change::Release).await
     }
 
-    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+    async fn request_handoff(
+        &self,
+        heartbeat: &Lease,
+        from: &WorkerId,
+        leases: u32,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
         let Some(owner) = &heartbeat.owner else { return Ok(LeaseUpdate::Lost) };
         let result = self
             .client
             .update_item()
             .table_name(&*self.table)
             .set_key(Some(self.key(&heartbeat.key)))
-            .update_expression("ADD #requests :shard")
+            .update_expression("SET #request = :leases")
             .condition_expression("#owner = :owner")
-            .expression_attribute_names("#requests", a::HANDOFF_REQUESTS)
+            .expression_attribute_names("#request", item::request_attribute(from))
             .expression_attribute_names("#owner", a::LEASE_OWNER)
-            .expression_attribute_values(":shard", AttributeValue::Ss(vec![shard.as_str().to_owned()]))
+            .expression_attribute_values(":leases", item::number(u64::from(leases)))
             .expression_attribute_values(":owner", AttributeValue::S(owner.as_str().to_owned()))
             .return_values(ReturnValue::AllNew)
             .send()

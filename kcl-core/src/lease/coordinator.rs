@@ -105,7 +105,7 @@ pub(crate) struct Coordinator<S> {
     /// The death notice's counter at the last read (`Some(None)`: read, absent).
     notice_seen: Mutex<Option<Option<u64>>>,
     /// Handoff requests this worker made and has not seen answered.
-    requests: Mutex<HashMap<LeaseKey, handoff::Pending>>,
+    requests: Mutex<HashMap<WorkerId, handoff::Pending>>,
     token: CancellationToken,
     seed: u64,
     cycles: std::sync::atomic::AtomicU64,

@@ -120,9 +120,27 @@ pub struct Lease {
     pub child_shard_ids: Vec<ShardId>,
     /// Owner changes since the last checkpoint.
     pub owner_switches_since_checkpoint: u64,
-    /// On a heartbeat: the shard leases other workers asked this worker to hand over (see
-    /// [`LeaseStore::request_handoff`]). Always empty on a shard lease.
-    pub handoff_requests: Vec<LeaseKey>,
+    /// On a heartbeat: how many leases other workers asked this worker to hand over, one
+    /// request per asking worker (see [`LeaseStore::request_handoff`]). Always empty on a
+    /// shard lease.
+    pub handoff_requests: Vec<HandoffRequest>,
+}
+
+/// Another worker's request, on a heartbeat, for some of its owner's leases.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct HandoffRequest {
+    /// The worker that asks.
+    pub from: WorkerId,
+    /// How many leases it asks for (the owner picks which).
+    pub leases: u32,
+}
+
+impl HandoffRequest {
+    /// A request from `from` for `leases` leases.
+    pub fn new(from: WorkerId, leases: u32) -> Self {
+        Self { from, leases }
+    }
 }
 
 impl Lease {

@@ -108,9 +108,9 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Creates `lease` unless an item with its key exists (then `Lost`).
     fn create_if_absent(&self, lease: Lease) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
-    /// Renews: counter + 1, and removes from `handoff_requests` every request listed in
-    /// `expected.handoff_requests` (the owner has seen them: they were in the answer of its
-    /// previous renewal). Condition: counter and owner as in `expected`.
+    /// Renews: counter + 1, and removes from `handoff_requests` the request of every worker
+    /// with a request in `expected.handoff_requests` (the owner has seen them: they were in
+    /// the answer of its previous renewal). Condition: counter and owner as in `expected`.
     fn renew(&self, expected: &Lease) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
     /// Takes (or steals) the lease for `new_owner`: owner set, counter + 1, owner switches + 1.
@@ -132,15 +132,17 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Releases: owner removed, counter + 1. Condition: counter and owner as in `expected`.
     fn release(&self, expected: &Lease) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
-    /// Asks the owner of the heartbeat `heartbeat` to hand the lease `shard` over: adds
-    /// `shard` to the heartbeat's `handoff_requests` (once), without touching its counter, so
-    /// the owner's next renewal succeeds and carries the request back in its answer.
-    /// Condition: the heartbeat exists and is owned by `heartbeat.owner` (its counter may
-    /// have moved since it was read); `Lost` otherwise.
+    /// Asks the owner of the heartbeat `heartbeat` to hand `leases` of its leases over to
+    /// `from`: sets `from`'s request in the heartbeat's `handoff_requests` (replacing an
+    /// earlier one of `from`), without touching its counter, so the owner's next renewal
+    /// succeeds and carries the request back in its answer. One small entry per asking
+    /// worker, however many leases it wants. Condition: the heartbeat exists and is owned by
+    /// `heartbeat.owner` (its counter may have moved since it was read); `Lost` otherwise.
     fn request_handoff(
         &self,
         heartbeat: &Lease,
-        shard: &LeaseKey,
+        from: &WorkerId,
+        leases: u32,
     ) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
     /// Deletes the item. Condition: counter and owner as in `expected`.

@@ -266,9 +266,14 @@ impl LeaseStore for Link {
         self.check()?;
         self.inner.release(expected).await
     }
-    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+    async fn request_handoff(
+        &self,
+        heartbeat: &Lease,
+        from: &WorkerId,
+        n: u32,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;
-        self.inner.request_handoff(heartbeat, shard).await
+        self.inner.request_handoff(heartbeat, from, n).await
     }
     async fn delete(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;

@@ -22,7 +22,7 @@ use std::fmt::Debug;
 use std::future::Future;
 
 use crate::checkpoint::{Checkpoint, SequenceNumber};
-use crate::lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
+use crate::lease::{HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
 use crate::shard::ShardId;
 
 /// Runs every check of the contract, each against a fresh, empty store from `make_store`.
@@ -469,38 +469,43 @@ fn lease(n: u64, owner: Option<&str>, counter: u64) -> Lease {
     lease
 }
 
-/// `request_handoff` adds a shard to a heartbeat's requests once, leaves its counter alone (so
-/// the owner's renewal still applies), requires the heartbeat's owner (not its counter), and
-/// is `Lost` on a missing heartbeat; a renewal removes exactly the requests its caller has
-/// seen, keeping those added since.
+/// `request_handoff` sets one request per asking worker (a second request of the same worker
+/// replaces its first), leaves the heartbeat's counter alone (so the owner's renewal still
+/// applies), requires the heartbeat's owner (not its counter), and is `Lost` on a missing
+/// heartbeat; a renewal removes exactly the requests of the workers its caller has seen
+/// asking, keeping those of workers that asked since.
 pub async fn check_handoff_requests<S: LeaseStore>(store: &S) {
     let c = Check::new("handoff_requests", store);
     let me = worker("w1");
+    let req = |w: &str, n: u32| HandoffRequest::new(worker(w), n);
+    let sorted = |l: &Lease| {
+        let mut r = l.handoff_requests.clone();
+        r.sort();
+        r
+    };
     let mut hb = Lease::new_for_shard(&ShardId::new("-"), Checkpoint::TrimHorizon, Vec::new());
     hb.key = LeaseKey::heartbeat(&me, 7);
     hb.owner = Some(me.clone());
     let hb = c.create(hb).await;
     let renewed = c.applied("renew before any request", store.renew(&hb).await);
-    // The requester read the heartbeat before that renewal: its counter is stale, its owner not.
-    let asked = c.applied("first request", store.request_handoff(&hb, &key(1)).await);
+    // The asker read the heartbeat before that renewal: its counter is stale, its owner not.
+    let asked = c.applied("first request", store.request_handoff(&hb, &worker("w2"), 3).await);
     c.assert_eq("counter after a request", &asked.counter, &renewed.counter);
-    c.assert_eq("requests after the first", &asked.handoff_requests, &vec![key(1)]);
-    let asked = c.applied("same request again", store.request_handoff(&hb, &key(1)).await);
-    c.assert_eq("requests after a repeated request", &asked.handoff_requests, &vec![key(1)]);
+    c.assert_eq("requests after the first", &sorted(&asked), &vec![req("w2", 3)]);
+    let asked = c.applied("same worker asks again", store.request_handoff(&hb, &worker("w2"), 5).await);
+    c.assert_eq("a worker's second request replaces its first", &sorted(&asked), &vec![req("w2", 5)]);
     c.lost(
         "request to another owner",
-        store.request_handoff(&Lease { owner: Some(worker("w2")), ..hb.clone() }, &key(2)).await,
+        store.request_handoff(&Lease { owner: Some(worker("w9")), ..hb.clone() }, &worker("w3"), 1).await,
     );
     let seen = c.applied("owner's renewal after the request", store.renew(&renewed).await);
-    c.assert_eq("requests carried back by the renewal", &seen.handoff_requests, &vec![key(1)]);
-    let asked = c.applied("second request", store.request_handoff(&hb, &key(2)).await);
-    let mut requested = asked.handoff_requests.clone();
-    requested.sort();
-    c.assert_eq("requests after the second", &requested, &vec![key(1), key(2)]);
+    c.assert_eq("requests carried back by the renewal", &sorted(&seen), &vec![req("w2", 5)]);
+    let asked = c.applied("another worker asks", store.request_handoff(&hb, &worker("w3"), 2).await);
+    c.assert_eq("requests of two workers", &sorted(&asked), &vec![req("w2", 5), req("w3", 2)]);
     let cleared = c.applied("renewal that has seen the first request", store.renew(&seen).await);
-    c.assert_eq("requests left: only the one not yet seen", &cleared.handoff_requests, &vec![key(2)]);
+    c.assert_eq("requests left: only the one not yet seen", &sorted(&cleared), &vec![req("w3", 2)]);
     c.assert_stored("heartbeat after the renewal", &cleared).await;
     let gone = Lease { key: LeaseKey::heartbeat(&me, 8), ..hb.clone() };
-    c.lost("request to a missing heartbeat", store.request_handoff(&gone, &key(1)).await);
+    c.lost("request to a missing heartbeat", store.request_handoff(&gone, &worker("w2"), 1).await);
     c.assert_eq("missing heartbeat not created", &c.get(&gone.key).await, &None);
 }

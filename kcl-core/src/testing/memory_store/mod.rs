@@ -38,7 +38,9 @@ use tokio::time::Instant;
 
 use self::faults::{Faults, ambiguous_error};
 use crate::checkpoint::Checkpoint;
-use crate::lease::{Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId};
+use crate::lease::{
+    HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
+};
 
 /// An in-memory lease table.
 ///
@@ -330,7 +332,7 @@ impl LeaseStore for MemoryLeaseStore {
         }
         self.delay().await;
         self.update(LeaseOp::Renew, expected, |stored| {
-            stored.handoff_requests.retain(|r| !expected.handoff_requests.contains(r));
+            stored.handoff_requests.retain(|r| !expected.handoff_requests.iter().any(|seen| seen.from == r.from));
         })
     }
 
@@ -357,7 +359,12 @@ impl LeaseStore for MemoryLeaseStore {
         self.update(LeaseOp::Release, expected, |stored| stored.owner = None)
     }
 
-    async fn request_handoff(&self, heartbeat: &Lease, shard: &LeaseKey) -> Result<LeaseUpdate, LeaseStoreError> {
+    async fn request_handoff(
+        &self,
+        heartbeat: &Lease,
+        from: &WorkerId,
+        leases: u32,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
         self.delay().await;
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -369,9 +376,9 @@ impl LeaseStore for MemoryLeaseStore {
             state.stats.count(op.into()).lost += 1;
             return Ok(LeaseUpdate::Lost);
         };
-        if !stored.handoff_requests.contains(shard) {
-            stored.handoff_requests.push(shard.clone());
-        }
+        stored.handoff_requests.retain(|r| &r.from != from);
+        stored.handoff_requests.push(HandoffRequest::new(from.clone(), leases));
+        stored.handoff_requests.sort();
         let lease = stored.clone();
         state.applied(op, lease.owner.clone(), lease.owner.clone(), &lease);
         state.report(op, LeaseUpdate::Applied(lease))
