@@ -363,7 +363,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 }
                 next = rx.recv() => next,
                 () = sleep_until(due) => {
-                    if self.checkpointed(held, checkpointer.on_timer().await).is_err() {
+                    if self.checkpointed(held, Box::pin(checkpointer.on_timer()).await).is_err() {
                         return ConsumerExit::LeaseLost;
                     }
                     continue;
@@ -386,7 +386,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 Ok(last) => {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     last_processed = Some(last.clone());
-                    if self.checkpointed(held, checkpointer.offer(last, Trigger::Processed).await).is_err() {
+                    if self.checkpointed(held, Box::pin(checkpointer.offer(last, Trigger::Processed)).await).is_err() {
                         return ConsumerExit::LeaseLost;
                     }
                 }
