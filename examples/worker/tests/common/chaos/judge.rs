@@ -144,7 +144,12 @@ pub(crate) fn judge_final_table(
         if lease.key.is_heartbeat() {
             continue;
         }
-        if let Some(owner) = &lease.owner {
+        // A worker killed between a shard's SHARD_END checkpoint and its release leaves the
+        // finished lease owned: it blocks nothing (children wait for SHARD_END, not for a
+        // release) and is deleted once the children have started.
+        let killed_after_end =
+            |owner: &str| lease.checkpoint.is_shard_end() && ev.files.iter().any(|f| f.killed && f.worker_id == owner);
+        if let Some(owner) = lease.owner.as_ref().filter(|o| !killed_after_end(o.as_str())) {
             problems.push(format!("lease {key} still owned by {owner} after every worker stopped gracefully"));
         }
     }
