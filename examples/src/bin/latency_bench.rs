@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
@@ -43,9 +43,8 @@ use kcl_core::config::{
     DEFAULT_MAX_RECORDS_PER_READ, DEFAULT_PREFETCH_BATCHES,
 };
 use kcl_core::{Batch, Checkpointer, Config, ProcessorError, RecordProcessor, ShardId, ShardState, Worker};
+use kcl_examples::support::{BoxError, env_u64, init_logging, unix_nanos};
 use tokio::sync::mpsc;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Lambda's event source mapping polls each shard four times a second.
 const LAMBDA_POLLS_PER_SHARD_PER_HOUR: f64 = 4.0 * 3600.0;
@@ -128,17 +127,6 @@ fn number(value: Option<&AttributeValue>) -> Option<i128> {
     match value {
         Some(AttributeValue::N(n)) => n.parse().ok(),
         _ => None,
-    }
-}
-
-fn unix_nanos(t: SystemTime) -> i128 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}").into()),
-        Err(_) => Ok(default),
     }
 }
 
@@ -238,13 +226,7 @@ async fn collect(
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".parse().unwrap_or_default()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     if let Err(e) = run().await {
         eprintln!("latency_bench: FAILED: {e}");
         std::process::exit(1);

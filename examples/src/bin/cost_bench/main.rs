@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
@@ -48,13 +48,12 @@ use kcl_core::{
 use kcl_examples::multi_stream::MultiStream;
 use kcl_examples::prices::Units;
 use kcl_examples::proxy::{Counts, Proxy};
+use kcl_examples::support::{BoxError, env_u64, init_logging, unix_nanos};
 use tokio::sync::mpsc;
 
 mod report;
 use report::Report;
 use tokio::task::{JoinHandle, JoinSet};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after the last change the adaptive wait of the new defaults has reached its
@@ -176,17 +175,6 @@ impl RecordProcessor<ChangeRecord> for LatencyProbe {
             .checkpoint()
             .await
             .map_err(|e| ProcessorError::new("checkpoint after the batch failed").with_source(e))
-    }
-}
-
-fn unix_nanos(t: SystemTime) -> i128 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64, BoxError> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?} is not a whole number: {e}").into()),
-        Err(_) => Ok(default),
     }
 }
 
@@ -387,13 +375,7 @@ impl Seen {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".parse().unwrap_or_default()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     if let Err(e) = run().await {
         eprintln!("cost_bench: FAILED: {e}");
         std::process::exit(1);

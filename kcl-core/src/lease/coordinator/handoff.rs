@@ -98,11 +98,12 @@ impl<S: LeaseStore> Coordinator<S> {
         if requests.is_empty() {
             return;
         }
-        let held: Vec<_> = self.held().into_iter().filter(|h| !h.handoff_requested()).collect();
-        let mut keys: Vec<&LeaseKey> = held.iter().map(|h| &h.key).collect();
+        let held: HashMap<LeaseKey, _> =
+            self.held().into_iter().filter(|h| !h.handoff_requested()).map(|h| (h.key.clone(), h)).collect();
+        let mut keys: Vec<&LeaseKey> = held.keys().collect();
         keys.sort();
         for (key, to) in pick_handoffs(requests, &keys) {
-            let Some(h) = held.iter().find(|h| &h.key == key) else { continue };
+            let Some(h) = held.get(key) else { continue };
             tracing::info!(shard = %h.shard_id, %to, "another worker asked for leases; handing this one over");
             self.metrics.lease_handoffs.with_label_values(&["given"]).inc();
             h.request_handoff();
