@@ -140,6 +140,12 @@ pub const DEFAULT_MAX_CONCURRENT_RENEWALS: usize = 8192;
 /// Records per read allowed by DynamoDB Streams.
 pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
 
+mod in_shard;
+pub use in_shard::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BATCHING_WINDOW, DEFAULT_PARALLELISM, MAX_BATCH_SIZE, MAX_BATCHING_WINDOW,
+    MAX_PARALLELISM,
+};
+
 /// A configuration value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -214,6 +220,9 @@ pub struct Config {
     pub(crate) source_call_timeout: Duration,
     pub(crate) max_concurrent_renewals: usize,
     pub(crate) lease_renewal: LeaseRenewal,
+    pub(crate) parallelism: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) batching_window: Duration,
 }
 
 impl Config {
@@ -250,6 +259,9 @@ impl Config {
                 source_call_timeout: DEFAULT_SOURCE_CALL_TIMEOUT,
                 max_concurrent_renewals: DEFAULT_MAX_CONCURRENT_RENEWALS,
                 lease_renewal: LeaseRenewal::Heartbeat,
+                parallelism: DEFAULT_PARALLELISM,
+                batch_size: DEFAULT_BATCH_SIZE,
+                batching_window: DEFAULT_BATCHING_WINDOW,
             },
             take_interval_set: false,
             lease_call_timeout_set: false,
@@ -537,6 +549,7 @@ impl ConfigBuilder {
             .or_else(|| range("prefetch_batches", c.prefetch_batches, 1, 100))
             .or_else(|| range("max_leases_per_worker", c.max_leases_per_worker, 1, usize::MAX))
             .or_else(|| range("max_concurrent_renewals", c.max_concurrent_renewals, 1, usize::MAX))
+            .or_else(|| in_shard::check(&c))
         {
             return Err(e);
         }
