@@ -8,6 +8,21 @@
 //! [`shutdown_requested`](RecordProcessor::shutdown_requested) (graceful stop: last chance to
 //! checkpoint). Each instance is driven by one task and gets `&mut self`: no locks needed.
 //!
+//! # Lanes
+//!
+//! With [`parallelism`](crate::ConfigBuilder::parallelism) above 1, a shard's records are split
+//! by item key ([`StreamRecord::partition_key`]) into that many *lanes*, and each lane has its
+//! own processor instance, made by [`RecordProcessorFactory::create_lane`] with the shard id
+//! and the lane number. The instances of one shard run concurrently (each still gets
+//! `&mut self`); all changes of one item go to the same lane, in order. Each instance gets
+//! `initialize` once, then only its lane's batches ([`Batch::lane`]), and then one of the
+//! three endings: `shard_ended` once every lane has finished the shard (the worker then
+//! writes `SHARD_END`), `lease_lost`, or `shutdown_requested` (every lane is asked; the worker
+//! then checkpoints the highest record below which every lane has finished). A checkpoint
+//! asked for through a lane's checkpointer says that lane has handled its records up to that
+//! point; the shard's checkpoint moves only as far as every lane has got, so it never passes
+//! a record of a slower lane.
+//!
 //! # What the worker does around the calls
 //!
 //! - **Cancellation**: a `process_records` call that runs longer than the processing timeout
@@ -43,6 +58,8 @@ pub struct InitializeInput {
     pub shard_id: ShardId,
     /// The checkpoint processing resumes from.
     pub checkpoint: Checkpoint,
+    /// The lane this instance handles (0 without lanes; see the module docs).
+    pub lane: usize,
 }
 
 /// One batch of records for [`RecordProcessor::process_records`].
@@ -55,6 +72,8 @@ pub struct Batch<R> {
     /// How far behind the stream head the batch is: the age of its last record, when the
     /// source reports creation times.
     pub lag: Option<Duration>,
+    /// The lane the batch belongs to (0 without lanes; see the module docs).
+    pub lane: usize,
 }
 
 impl<R: StreamRecord> Batch<R> {
@@ -143,6 +162,13 @@ pub trait RecordProcessorFactory<R: StreamRecord>: Send + Sync + 'static {
     type Processor: RecordProcessor<R>;
     /// A new processor for `shard`.
     fn create(&self, shard: &ShardId) -> Self::Processor;
+
+    /// A new processor for lane `lane` of `shard`, when the worker runs several lanes per
+    /// shard (see the module docs). Default: [`create`](Self::create).
+    fn create_lane(&self, shard: &ShardId, lane: usize) -> Self::Processor {
+        let _ = lane;
+        self.create(shard)
+    }
 }
 
 impl<R, P, F> RecordProcessorFactory<R> for F

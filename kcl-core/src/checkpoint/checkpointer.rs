@@ -181,6 +181,11 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         *self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner) = Some(seq);
     }
 
+    /// Whether the lease is lost (nothing can be checkpointed any more).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.held.is_lost()
+    }
+
     pub(crate) fn last_delivered(&self) -> Option<SequenceNumber> {
         self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }

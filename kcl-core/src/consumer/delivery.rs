@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::guard::Callback;
+use super::progress::Progress;
 use super::{ConsumerContext, Interrupted};
+use crate::checkpoint::SequenceNumber;
 use crate::checkpoint::policy::Trigger;
-use crate::checkpoint::{LeaseCheckpointer, SequenceNumber};
 use crate::config::OnRetriesExhausted;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::lease::LeaseStore;
@@ -31,14 +32,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// Delivers one batch under the failure policy: retries with backoff, optional bisecting,
     /// partial batch failures, a timeout per call, and, once retries are exhausted, the
     /// dead-letter destination (or a stop of the shard). Returns the last record's number.
-    pub(super) async fn deliver<P: RecordProcessor<S::Record>>(
+    pub(super) async fn deliver<P: RecordProcessor<S::Record>, C: Progress>(
         &self,
         held: &HeldLease,
         processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
+        checkpointer: &C,
         batch: Batch<S::Record>,
     ) -> Result<SequenceNumber, Interrupted> {
-        let lag = batch.lag;
+        let (lag, lane) = (batch.lag, batch.lane);
         let Some(last_of_batch) = batch.last_sequence_number().cloned() else {
             // Unreachable: the reader never sends empty batches.
             return Err(Interrupted::LeaseLost);
@@ -48,7 +49,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         pending.push_back((batch.records, 0));
         let mut backoff = self.backoff();
         while let Some((records, attempts)) = pending.pop_front() {
-            let part = Batch { shard_id: held.shard_id.clone(), records, lag };
+            let part = Batch { shard_id: held.shard_id.clone(), records, lag, lane };
             match self.attempt(held, processor, checkpointer, part, attempts, &mut pending).await? {
                 Attempt::Done => backoff = self.backoff(),
                 Attempt::Retry => {
@@ -62,11 +63,11 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
 
     /// One call of `process_records` on `part`; on failure, what is left of it goes back to
     /// the front of `pending` (split in two when bisecting).
-    async fn attempt<P: RecordProcessor<S::Record>>(
+    async fn attempt<P: RecordProcessor<S::Record>, C: Progress>(
         &self,
         held: &HeldLease,
         processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
+        checkpointer: &C,
         mut part: Batch<S::Record>,
         attempts: u32,
         pending: &mut VecDeque<(Vec<S::Record>, u32)>,
@@ -152,10 +153,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// A record the source could not decode (isolated by the reader): dead-letter what the
     /// source kept of it, or, with no destination, skip it loudly; then checkpoint past it.
     /// Returns its sequence number.
-    pub(super) async fn undecodable(
+    pub(super) async fn undecodable<C: Progress>(
         &self,
         held: &HeldLease,
-        checkpointer: &LeaseCheckpointer<L>,
+        checkpointer: &C,
         record: UndecodableRecord,
         error: &str,
     ) -> Result<SequenceNumber, Interrupted> {
@@ -169,10 +170,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
 
     /// Retries are exhausted: dead-letter the records (retrying the sink until it takes them),
     /// or, with no destination, skip them loudly. Then checkpoint past them.
-    async fn give_up(
+    async fn give_up<C: Progress>(
         &self,
         held: &HeldLease,
-        checkpointer: &LeaseCheckpointer<L>,
+        checkpointer: &C,
         letter: &DeadLetter<'_, S::Record>,
     ) -> Result<(), Interrupted> {
         let (Some(first), Some(last)) = (letter.first_sequence_number(), letter.last_sequence_number()) else {

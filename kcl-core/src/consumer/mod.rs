@@ -12,8 +12,11 @@
 //! call, and the worker releases the lease of a consumer task that ends for any reason.
 
 mod delivery;
+mod gather;
 pub(crate) mod guard;
+mod lanes;
 mod poll;
+mod progress;
 mod read;
 
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::policy::Trigger;
-use crate::checkpoint::{Checkpoint, CheckpointError, LeaseCheckpointer, SequenceNumber};
+use crate::checkpoint::{Checkpoint, CheckpointError, Checkpointer, LeaseCheckpointer, SequenceNumber};
 use crate::config::{Config, OnRetriesExhausted};
 use crate::dead_letter::DeadLetterSink;
 use crate::lease::held::HeldLease;
@@ -36,6 +39,7 @@ use crate::shard::ShardId;
 use crate::shard::lineage::first_unfinished_parent;
 use crate::source::{ShardIterator, SourceErrorKind, StartPosition, StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::{ShardState, StatusBoard};
+use gather::Gatherer;
 use guard::{Callback, guarded};
 
 /// What every consumer of one worker shares.
@@ -121,11 +125,16 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         factory: Arc<F>,
     ) -> (LeaseKey, ConsumerExit) {
         let shard = held.shard_id.clone();
-        let mut processor = factory.create(&shard);
-        let exit = self.run_inner(&held, &mut processor).await;
+        let mut processors: Vec<F::Processor> = match self.config.parallelism {
+            0 | 1 => vec![factory.create(&shard)],
+            lanes => (0..lanes).map(|lane| factory.create_lane(&shard, lane)).collect(),
+        };
+        let exit = self.run_inner(&held, &mut processors).await;
         match exit {
             ConsumerExit::LeaseLost => {
-                let _ = self.call(&shard, Callback::LeaseLost, processor.lease_lost()).await;
+                for processor in &mut processors {
+                    let _ = self.call(&shard, Callback::LeaseLost, processor.lease_lost()).await;
+                }
             }
             ConsumerExit::ShardEnded | ConsumerExit::Shutdown => {}
         }
@@ -151,11 +160,15 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         result
     }
 
-    async fn run_inner<P: RecordProcessor<S::Record>>(&self, held: &Arc<HeldLease>, processor: &mut P) -> ConsumerExit {
+    async fn run_inner<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &Arc<HeldLease>,
+        processors: &mut [P],
+    ) -> ConsumerExit {
         let shard = held.shard_id.clone();
         self.status.update(&shard, |s| s.state = ShardState::WaitingOnParents);
         if let Err(i) = self.wait_for_parents(held).await {
-            return self.interrupted(held, i, processor, None).await;
+            return self.interrupted(held, i, processors, None).await;
         }
         let checkpointer = LeaseCheckpointer::new(
             self.store.clone(),
@@ -173,8 +186,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             self.release(held).await;
             return ConsumerExit::ShardEnded;
         }
-        if let Err(i) = self.initialize(held, processor, &checkpoint).await {
-            return self.interrupted(held, i, processor, Some(&checkpointer)).await;
+        for (lane, processor) in processors.iter_mut().enumerate() {
+            if let Err(i) = self.initialize(held, processor, &checkpoint, lane).await {
+                return self.interrupted(held, i, processors, Some(&checkpointer)).await;
+            }
         }
         let start = match &checkpoint {
             Checkpoint::TrimHorizon | Checkpoint::ShardEnd => StartPosition::TrimHorizon,
@@ -187,7 +202,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let in_flight = std::sync::atomic::AtomicUsize::new(0);
         let reader = self.read_loop(held, start, tx, reader_stop.clone(), &in_flight);
         let deliver = async {
-            let exit = self.deliver_loop(held, processor, &checkpointer, rx, &in_flight).await;
+            let exit = match processors {
+                [processor] => self.deliver_loop(held, processor, &checkpointer, rx, &in_flight).await,
+                lanes => self.lanes_loop(held, lanes, &checkpointer, rx, &in_flight).await,
+            };
             reader_stop.cancel();
             exit
         };
@@ -202,9 +220,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         held: &HeldLease,
         processor: &mut P,
         checkpoint: &Checkpoint,
+        lane: usize,
     ) -> Result<(), Interrupted> {
         let shard = &held.shard_id;
-        let init = InitializeInput { shard_id: shard.clone(), checkpoint: checkpoint.clone() };
+        let init = InitializeInput { shard_id: shard.clone(), checkpoint: checkpoint.clone(), lane };
         let mut backoff = self.backoff();
         loop {
             let error = match self.call(shard, Callback::Initialize, processor.initialize(&init)).await {
@@ -267,15 +286,17 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         &self,
         held: &HeldLease,
         why: Interrupted,
-        processor: &mut P,
+        processors: &mut [P],
         checkpointer: Option<&LeaseCheckpointer<L>>,
     ) -> ConsumerExit {
         match why {
             Interrupted::LeaseLost => ConsumerExit::LeaseLost,
             Interrupted::Shutdown => {
                 if let Some(cp) = checkpointer {
-                    let call = processor.shutdown_requested(cp);
-                    let _ = self.call(&held.shard_id, Callback::ShutdownRequested, call).await;
+                    for processor in processors.iter_mut() {
+                        let call = processor.shutdown_requested(cp);
+                        let _ = self.call(&held.shard_id, Callback::ShutdownRequested, call).await;
+                    }
                 }
                 self.release(held).await;
                 ConsumerExit::Shutdown
@@ -349,20 +370,34 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         mut rx: mpsc::Receiver<Fetched<S::Record>>,
         in_flight: &std::sync::atomic::AtomicUsize,
     ) -> ConsumerExit {
-        let shard = held.shard_id.clone();
+        let mut gather = Gatherer::new(self.config.batch_size, self.config.batching_window);
         let mut last_processed: Option<SequenceNumber> = None;
+        let one = std::slice::from_mut(processor);
         loop {
             // A coalesced checkpoint is written once its interval passed, also when no batch
-            // comes any more.
-            let due = checkpointer.flush_due();
+            // comes any more; gathered records once their batching window passed.
+            let (flush_due, gather_due) = (checkpointer.flush_due(), gather.due());
             let next = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
                 () = self.stop_requested(held) => {
-                    return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
+                    // The partial batch first (once: a failure now stops at once).
+                    let partial = gather.take();
+                    let _ = Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed)).await;
+                    return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
                 }
                 next = rx.recv() => next,
-                () = sleep_until(due) => {
+                () = sleep_until(gather_due) => {
+                    let due = gather.take_if_due(Instant::now());
+                    match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, due, &mut last_processed)).await {
+                        Ok(()) => continue,
+                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
+                        Err(Interrupted::Shutdown) => {
+                            return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
+                        }
+                    }
+                }
+                () = sleep_until(flush_due) => {
                     if self.checkpointed(held, Box::pin(checkpointer.on_timer()).await).is_err() {
                         return ConsumerExit::LeaseLost;
                     }
@@ -371,31 +406,120 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             };
             let handled = match next {
                 Some(Fetched::Records(records)) => {
-                    let batch = Batch { shard_id: shard.clone(), lag: lag_of(&records), records };
-                    Box::pin(self.deliver(held, processor, checkpointer, batch)).await
+                    let read_last = records.last().map(|r| r.sequence_number().clone());
+                    let (kept, filtered) = self.filter(records);
+                    let mut result = Ok(());
+                    for batch in gather.push(kept, Instant::now()) {
+                        result = Box::pin(self.deliver_ready(
+                            held,
+                            &mut one[0],
+                            checkpointer,
+                            Some(batch),
+                            &mut last_processed,
+                        ))
+                        .await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    if let (Ok(()), true, true, Some(last)) = (&result, filtered > 0, gather.is_empty(), read_last) {
+                        // The read ended in records nobody needs: the checkpoint moves past them.
+                        last_processed = Some(last.clone());
+                        result = self.checkpointed(held, checkpointer.offer(last, Trigger::Processed).await);
+                    }
+                    result
                 }
                 Some(Fetched::Undecodable(record, error)) => {
-                    Box::pin(self.undecodable(held, checkpointer, record, &error)).await
+                    let partial = gather.take();
+                    match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed))
+                        .await
+                    {
+                        Ok(()) => Box::pin(self.undecodable(held, checkpointer, record, &error)).await.map(|last| {
+                            last_processed = Some(last);
+                        }),
+                        Err(e) => Err(e),
+                    }
                 }
-                Some(Fetched::End) => return Box::pin(self.end_shard(held, processor, checkpointer)).await,
+                Some(Fetched::End) => {
+                    let partial = gather.take();
+                    return match Box::pin(self.deliver_ready(
+                        held,
+                        &mut one[0],
+                        checkpointer,
+                        partial,
+                        &mut last_processed,
+                    ))
+                    .await
+                    {
+                        Ok(()) => {
+                            Box::pin(self.end_shard(held, one, std::slice::from_ref(checkpointer), checkpointer)).await
+                        }
+                        Err(Interrupted::LeaseLost) => ConsumerExit::LeaseLost,
+                        Err(Interrupted::Shutdown) => {
+                            Box::pin(self.shutdown(
+                                held,
+                                one,
+                                std::slice::from_ref(checkpointer),
+                                checkpointer,
+                                last_processed,
+                            ))
+                            .await
+                        }
+                    };
+                }
                 // The reader stopped without an end: only when interrupted.
                 None if self.is_stopping(held) => Err(Interrupted::Shutdown),
                 None => Err(Interrupted::LeaseLost),
             };
             match handled {
-                Ok(last) => {
+                Ok(()) => {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    last_processed = Some(last.clone());
-                    if self.checkpointed(held, Box::pin(checkpointer.offer(last, Trigger::Processed)).await).is_err() {
-                        return ConsumerExit::LeaseLost;
-                    }
                 }
                 Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
                 Err(Interrupted::Shutdown) => {
-                    return Box::pin(self.shutdown(held, processor, checkpointer, last_processed)).await;
+                    return Box::pin(self.shutdown(
+                        held,
+                        one,
+                        std::slice::from_ref(checkpointer),
+                        checkpointer,
+                        last_processed,
+                    ))
+                    .await;
                 }
             }
         }
+    }
+
+    /// Delivers one batch (if there is one) and offers a checkpoint after it.
+    async fn deliver_ready<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &HeldLease,
+        processor: &mut P,
+        checkpointer: &LeaseCheckpointer<L>,
+        records: Option<Vec<S::Record>>,
+        last_processed: &mut Option<SequenceNumber>,
+    ) -> Result<(), Interrupted> {
+        let Some(records) = records.filter(|r| !r.is_empty()) else { return Ok(()) };
+        let batch = Batch { shard_id: held.shard_id.clone(), lag: lag_of(&records), records, lane: 0 };
+        let last = self.deliver(held, processor, checkpointer, batch).await?;
+        *last_processed = Some(last.clone());
+        self.checkpointed(held, Box::pin(checkpointer.offer(last, Trigger::Processed)).await)
+    }
+
+    /// Splits a read's records into those to deliver and those the event filter drops;
+    /// returns the kept ones and how many were dropped (counted).
+    fn filter(&self, records: Vec<S::Record>) -> (Vec<S::Record>, usize) {
+        let before = records.len();
+        let kept: Vec<S::Record> = records.into_iter().filter(|r| self.keep(r)).collect();
+        let dropped = before - kept.len();
+        (kept, dropped)
+    }
+
+    /// Whether the event filter lets `record` through (always, without a filter); a dropped
+    /// record is counted.
+    fn keep(&self, record: &S::Record) -> bool {
+        let _ = record;
+        true
     }
 
     /// Judges the result of one of the worker's own checkpoints: a lost lease stops the
@@ -429,10 +553,13 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         Ok(())
     }
 
-    async fn end_shard<P: RecordProcessor<S::Record>>(
+    /// Ends the shard: `shard_ended` on each processor (with its lane's checkpointer from
+    /// `lane_cps`), then the `SHARD_END` checkpoint.
+    async fn end_shard<P: RecordProcessor<S::Record>, C: Checkpointer>(
         &self,
         held: &HeldLease,
-        processor: &mut P,
+        processors: &mut [P],
+        lane_cps: &[C],
         checkpointer: &LeaseCheckpointer<L>,
     ) -> ConsumerExit {
         if self.wait_until_valid(held).await.is_err() {
@@ -442,8 +569,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         if self.checkpointed(held, checkpointer.flush().await).is_err() {
             return ConsumerExit::LeaseLost;
         }
-        if self.shard_ended_call(held, processor, checkpointer).await.is_err() {
-            return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+        for (processor, cp) in processors.iter_mut().zip(lane_cps) {
+            if self.shard_ended_call(held, processor, cp).await.is_err() {
+                return if self.is_stopping(held) { ConsumerExit::Shutdown } else { ConsumerExit::LeaseLost };
+            }
         }
         let mut backoff = self.backoff();
         loop {
@@ -469,19 +598,25 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         ConsumerExit::ShardEnded
     }
 
-    async fn shutdown<P: RecordProcessor<S::Record>>(
+    /// A graceful stop: `shutdown_requested` on each processor (with its lane's checkpointer
+    /// from `lane_cps`), the checkpoint at `last_processed`, then the release.
+    async fn shutdown<P: RecordProcessor<S::Record>, C: Checkpointer>(
         &self,
         held: &HeldLease,
-        processor: &mut P,
+        processors: &mut [P],
+        lane_cps: &[C],
         checkpointer: &LeaseCheckpointer<L>,
         last_processed: Option<SequenceNumber>,
     ) -> ConsumerExit {
         if held.is_lost() {
             return ConsumerExit::LeaseLost;
         }
-        let flushed =
-            self.call(&held.shard_id, Callback::ShutdownRequested, processor.shutdown_requested(checkpointer));
-        if flushed.await.is_err() {
+        let mut panicked = false;
+        for (processor, cp) in processors.iter_mut().zip(lane_cps) {
+            let flushed = self.call(&held.shard_id, Callback::ShutdownRequested, processor.shutdown_requested(cp));
+            panicked |= flushed.await.is_err();
+        }
+        if panicked {
             // What the processor holds may not be durable: leave the checkpoint where it is, so
             // the next owner delivers those records again.
             // Under the interval policy, what was recorded is of batches that returned `Ok`.
@@ -508,11 +643,11 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// once the retries of the failure policy are exhausted, the policy decides: `DeadLetter`
     /// goes on to the `SHARD_END` checkpoint (every record was delivered; only the hook
     /// failed), `StopShard` keeps retrying.
-    async fn shard_ended_call<P: RecordProcessor<S::Record>>(
+    async fn shard_ended_call<P: RecordProcessor<S::Record>, C: Checkpointer>(
         &self,
         held: &HeldLease,
         processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
+        checkpointer: &C,
     ) -> Result<(), Interrupted> {
         let shard = &held.shard_id;
         let mut backoff = self.backoff();

@@ -54,13 +54,14 @@ fn batch(seqs: &[u128]) -> Batch<SimRecord> {
         shard_id: ShardId::new("shard-1"),
         records: seqs.iter().map(|&s| record(s, &format!("k{s}"), 1)).collect(),
         lag: None,
+        lane: 0,
     }
 }
 
 async fn start(factory: &RecordingProcessorFactory) -> RecordingProcessor {
     let shard = ShardId::new("shard-1");
     let mut p = factory.create(&shard);
-    p.initialize(&InitializeInput { shard_id: shard, checkpoint: Checkpoint::TrimHorizon }).await.unwrap();
+    p.initialize(&InitializeInput { shard_id: shard, checkpoint: Checkpoint::TrimHorizon, lane: 0 }).await.unwrap();
     p
 }
 

@@ -1,0 +1,339 @@
+//! Lanes: a shard's records split by item key into ordered lanes, each delivered to its own
+//! processor instance, concurrently, inside the shard's task.
+//!
+//! The dispatcher reads what the reader fetched, filters and gathers it into batches, and
+//! sends each batch's records to their lanes' queues (bounded: `prefetch_batches` batches a
+//! lane, so a slow or failing lane holds the others back by at most that much). Each lane
+//! delivers under the failure policy exactly as a shard without lanes does. The shard's
+//! checkpoint moves only to the [`LaneTracker`]'s safe point: the highest record below which
+//! every record is handled, whatever lane it went to.
+
+mod tracker;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::gather::Gatherer;
+use super::progress::Progress;
+use super::{ConsumerContext, ConsumerExit, Fetched, Interrupted, sleep_until};
+use crate::checkpoint::policy::Trigger;
+use crate::checkpoint::{CheckpointError, Checkpointer, LeaseCheckpointer, SequenceNumber};
+use crate::dead_letter::DeadLetterSink;
+use crate::lease::LeaseStore;
+use crate::lease::held::HeldLease;
+use crate::processor::{Batch, RecordProcessor};
+use crate::source::{StreamRecord, StreamSource, UndecodableRecord};
+pub(crate) use tracker::{LaneTracker, lane_of};
+
+/// What a lane's queue carries.
+enum LaneItem<R> {
+    Records(Vec<R>),
+    Undecodable(UndecodableRecord, String),
+}
+
+/// How the dispatcher stopped.
+enum Dispatched {
+    /// The shard is fully read and every record dispatched.
+    End,
+    Stop,
+    Lost,
+}
+
+/// How a lane stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LaneEnd {
+    /// Its queue closed and everything in it was delivered.
+    Drained,
+    Stop,
+    Lost,
+}
+
+/// A lane's checkpointer: what the lane handled is reported to the tracker, and the shard's
+/// checkpoint is offered the tracker's safe point.
+#[derive(Debug)]
+pub(super) struct LaneCheckpointer<'a, L> {
+    shard: &'a LeaseCheckpointer<L>,
+    tracker: &'a Mutex<LaneTracker>,
+    lane: usize,
+    last_delivered: Mutex<Option<SequenceNumber>>,
+}
+
+impl<L: LeaseStore> LaneCheckpointer<'_, L> {
+    fn last(&self) -> Option<SequenceNumber> {
+        self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    async fn handled(&self, seq: SequenceNumber, trigger: Trigger) -> Result<(), CheckpointError> {
+        if self.shard.is_lost() {
+            return Err(CheckpointError::LeaseLost { shard: String::new() });
+        }
+        let safe = {
+            let mut t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            t.handled(self.lane, &seq);
+            t.safe_point().cloned()
+        };
+        match safe {
+            Some(safe) => self.shard.offer(safe, trigger).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl<L: LeaseStore> Progress for LaneCheckpointer<'_, L> {
+    fn delivered(&self, seq: SequenceNumber) {
+        *self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner) = Some(seq);
+    }
+
+    async fn offer(&self, seq: SequenceNumber, trigger: Trigger) -> Result<(), CheckpointError> {
+        self.handled(seq, trigger).await
+    }
+}
+
+impl<L: LeaseStore> Checkpointer for LaneCheckpointer<'_, L> {
+    /// This lane has handled its records up to the last one delivered to it; the shard's
+    /// checkpoint moves as far as every lane has got.
+    async fn checkpoint(&self) -> Result<(), CheckpointError> {
+        let Some(seq) = self.last() else { return Err(CheckpointError::NothingDelivered) };
+        self.handled(seq, Trigger::Requested).await
+    }
+
+    async fn checkpoint_at(&self, sequence_number: &SequenceNumber) -> Result<(), CheckpointError> {
+        let last = self.last();
+        if last.as_ref().is_none_or(|l| sequence_number > l) {
+            return Err(CheckpointError::BeyondDelivered { requested: sequence_number.clone(), last_delivered: last });
+        }
+        self.handled(sequence_number.clone(), Trigger::Requested).await
+    }
+}
+
+impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerContext<S, L, D> {
+    /// Delivers a shard through `processors.len()` lanes until it ends, the lease is lost or
+    /// a stop is asked for.
+    pub(super) async fn lanes_loop<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &HeldLease,
+        processors: &mut [P],
+        checkpointer: &LeaseCheckpointer<L>,
+        rx: mpsc::Receiver<Fetched<S::Record>>,
+        in_flight: &AtomicUsize,
+    ) -> ConsumerExit {
+        let tracker = Mutex::new(LaneTracker::default());
+        let lanes = processors.len();
+        let cps: Vec<LaneCheckpointer<'_, L>> = (0..lanes)
+            .map(|lane| LaneCheckpointer {
+                shard: checkpointer,
+                tracker: &tracker,
+                lane,
+                last_delivered: Mutex::new(None),
+            })
+            .collect();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| mpsc::channel::<LaneItem<S::Record>>(self.config.prefetch_batches)).unzip();
+        let dispatch = self.dispatch_loop(held, checkpointer, rx, senders, &tracker, in_flight);
+        let lane_runs = processors
+            .iter_mut()
+            .zip(receivers)
+            .zip(&cps)
+            .enumerate()
+            .map(|(lane, ((p, queue), cp))| self.lane_loop(held, lane, p, cp, queue));
+        let (dispatched, ends) = tokio::join!(dispatch, futures::future::join_all(lane_runs));
+        if held.is_lost() || matches!(dispatched, Dispatched::Lost) || ends.contains(&LaneEnd::Lost) {
+            return ConsumerExit::LeaseLost;
+        }
+        if matches!(dispatched, Dispatched::End) && ends.iter().all(|e| *e == LaneEnd::Drained) {
+            return Box::pin(self.end_shard(held, processors, &cps, checkpointer)).await;
+        }
+        let safe = tracker.lock().unwrap_or_else(PoisonError::into_inner).safe_point().cloned();
+        Box::pin(self.shutdown(held, processors, &cps, checkpointer, safe)).await
+    }
+
+    /// Reads what was fetched, filters, gathers and dispatches to the lanes' queues. Returns
+    /// (dropping the queues, so the lanes finish what they hold) at the shard's end, a stop
+    /// or a lost lease.
+    async fn dispatch_loop(
+        &self,
+        held: &HeldLease,
+        checkpointer: &LeaseCheckpointer<L>,
+        mut rx: mpsc::Receiver<Fetched<S::Record>>,
+        lanes: Vec<mpsc::Sender<LaneItem<S::Record>>>,
+        tracker: &Mutex<LaneTracker>,
+        in_flight: &AtomicUsize,
+    ) -> Dispatched {
+        let mut gather = Gatherer::new(self.config.batch_size, self.config.batching_window);
+        loop {
+            let (flush_due, gather_due) = (checkpointer.flush_due(), gather.due());
+            let next = tokio::select! {
+                biased;
+                _ = held.lost_token().cancelled() => return Dispatched::Lost,
+                () = self.stop_requested(held) => {
+                    // The partial batch first: the lanes finish what they were sent.
+                    return match self.send_lanes(held, &lanes, gather.take()).await {
+                        Ok(()) | Err(Interrupted::Shutdown) => Dispatched::Stop,
+                        Err(Interrupted::LeaseLost) => Dispatched::Lost,
+                    };
+                }
+                next = rx.recv() => next,
+                () = sleep_until(gather_due) => {
+                    let due = gather.take_if_due(Instant::now());
+                    match self.send_lanes(held, &lanes, due).await {
+                        Ok(()) => continue,
+                        Err(Interrupted::Shutdown) => return Dispatched::Stop,
+                        Err(Interrupted::LeaseLost) => return Dispatched::Lost,
+                    }
+                }
+                () = sleep_until(flush_due) => {
+                    if self.checkpointed(held, Box::pin(checkpointer.on_timer()).await).is_err() {
+                        return Dispatched::Lost;
+                    }
+                    continue;
+                }
+            };
+            let sent = match next {
+                Some(Fetched::Records(records)) => {
+                    let (kept, filtered) = self.filter_tracked(records, lanes.len(), tracker);
+                    let mut result = Ok(());
+                    for batch in gather.push(kept, Instant::now()) {
+                        result = self.send_lanes(held, &lanes, Some(batch)).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    if let (Ok(()), true) = (&result, filtered > 0) {
+                        // Records nobody needs may move the checkpoint on their own.
+                        let safe = tracker.lock().unwrap_or_else(PoisonError::into_inner).safe_point().cloned();
+                        if let Some(safe) = safe {
+                            result = self.checkpointed(held, checkpointer.offer(safe, Trigger::Processed).await);
+                        }
+                    }
+                    result
+                }
+                Some(Fetched::Undecodable(record, error)) => match self.send_lanes(held, &lanes, gather.take()).await {
+                    Ok(()) => {
+                        tracker
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .dispatched(0, record.sequence_number.clone());
+                        self.send_to(held, &lanes[0], LaneItem::Undecodable(record, error)).await
+                    }
+                    Err(e) => Err(e),
+                },
+                Some(Fetched::End) => {
+                    return match self.send_lanes(held, &lanes, gather.take()).await {
+                        Ok(()) => Dispatched::End,
+                        Err(Interrupted::Shutdown) => Dispatched::Stop,
+                        Err(Interrupted::LeaseLost) => Dispatched::Lost,
+                    };
+                }
+                None if self.is_stopping(held) => Err(Interrupted::Shutdown),
+                None => Err(Interrupted::LeaseLost),
+            };
+            match sent {
+                Ok(()) => {
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                Err(Interrupted::Shutdown) => return Dispatched::Stop,
+                Err(Interrupted::LeaseLost) => return Dispatched::Lost,
+            }
+        }
+    }
+
+    /// Filters a read's records and registers each with the tracker in order: a kept record
+    /// under its lane, a dropped one as skipped. Returns the kept records and how many were
+    /// dropped.
+    fn filter_tracked(
+        &self,
+        records: Vec<S::Record>,
+        lanes: usize,
+        tracker: &Mutex<LaneTracker>,
+    ) -> (Vec<S::Record>, usize) {
+        let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = Vec::with_capacity(records.len());
+        let mut dropped = 0;
+        for r in records {
+            if self.keep(&r) {
+                t.dispatched(lane_of(r.partition_key(), lanes), r.sequence_number().clone());
+                kept.push(r);
+            } else {
+                t.skipped(r.sequence_number().clone());
+                dropped += 1;
+            }
+        }
+        (kept, dropped)
+    }
+
+    /// Sends one batch's records to their lanes, in order.
+    async fn send_lanes(
+        &self,
+        held: &HeldLease,
+        lanes: &[mpsc::Sender<LaneItem<S::Record>>],
+        batch: Option<Vec<S::Record>>,
+    ) -> Result<(), Interrupted> {
+        let Some(records) = batch else { return Ok(()) };
+        let mut parts: Vec<Vec<S::Record>> = (0..lanes.len()).map(|_| Vec::new()).collect();
+        for r in records {
+            parts[lane_of(r.partition_key(), lanes.len())].push(r);
+        }
+        for (lane, part) in parts.into_iter().enumerate() {
+            if !part.is_empty() {
+                self.send_to(held, &lanes[lane], LaneItem::Records(part)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for room in a lane's queue, unless the lease is lost or a stop is asked for.
+    async fn send_to(
+        &self,
+        held: &HeldLease,
+        lane: &mpsc::Sender<LaneItem<S::Record>>,
+        item: LaneItem<S::Record>,
+    ) -> Result<(), Interrupted> {
+        tokio::select! {
+            biased;
+            _ = held.lost_token().cancelled() => Err(Interrupted::LeaseLost),
+            () = self.stop_requested(held) => Err(Interrupted::Shutdown),
+            sent = lane.send(item) => sent.map_err(|_| Interrupted::Shutdown),
+        }
+    }
+
+    /// One lane: delivers what its queue holds, in order, under the failure policy, until the
+    /// queue closes (everything in it delivered), the lease is lost or a failing delivery is
+    /// interrupted by a stop.
+    async fn lane_loop<P: RecordProcessor<S::Record>>(
+        &self,
+        held: &HeldLease,
+        lane: usize,
+        processor: &mut P,
+        cp: &LaneCheckpointer<'_, L>,
+        mut queue: mpsc::Receiver<LaneItem<S::Record>>,
+    ) -> LaneEnd {
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = held.lost_token().cancelled() => return LaneEnd::Lost,
+                item = queue.recv() => item,
+            };
+            let done = match item {
+                None => return LaneEnd::Drained,
+                Some(LaneItem::Records(records)) => {
+                    let batch = Batch { shard_id: held.shard_id.clone(), lag: super::lag_of(&records), records, lane };
+                    match Box::pin(self.deliver(held, processor, cp, batch)).await {
+                        Ok(last) => self.checkpointed(held, cp.offer(last, Trigger::Processed).await),
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(LaneItem::Undecodable(record, error)) => {
+                    Box::pin(self.undecodable(held, cp, record, &error)).await.map(|_| ())
+                }
+            };
+            match done {
+                Ok(()) => {}
+                Err(Interrupted::LeaseLost) => return LaneEnd::Lost,
+                Err(Interrupted::Shutdown) => return LaneEnd::Stop,
+            }
+        }
+    }
+}
