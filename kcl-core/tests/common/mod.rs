@@ -39,6 +39,8 @@ pub struct Fleet {
     /// Per worker: while set, its heartbeat renewals come back without handoff requests (a
     /// worker that ignores them).
     pub deaf: BTreeMap<String, Arc<AtomicBool>>,
+    /// The scenario's event filter, for the invariant checker: true for a dropped record.
+    pub filtered: Option<fn(&SimRecord) -> bool>,
 }
 
 impl Fleet {
@@ -54,6 +56,7 @@ impl Fleet {
             written: 0,
             links: BTreeMap::new(),
             deaf: BTreeMap::new(),
+            filtered: None,
         }
     }
 
@@ -179,7 +182,9 @@ impl Fleet {
     pub async fn drain(&self, limit: Duration) -> Duration {
         self.wait_for(limit, "every written record to be processed", |f| {
             let trimmed = f.sim.trimmed().len();
-            f.log.distinct_processed() + trimmed >= f.sim.written().len()
+            let written = f.sim.written();
+            let filtered = f.filtered.map_or(0, |drops| written.iter().filter(|r| drops(r)).count());
+            f.log.distinct_processed() + trimmed + filtered >= written.len()
         })
         .await
     }
@@ -201,6 +206,7 @@ impl Fleet {
             lease_history: &history,
             lease_duration: LEASE_DURATION,
             parents: &parents,
+            filtered: self.filtered,
         })
     }
 }

@@ -162,23 +162,27 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         tracker: &Mutex<LaneTracker>,
         in_flight: &AtomicUsize,
     ) -> Dispatched {
-        let mut gather = Gatherer::new(self.config.batch_size, self.config.batching_window);
+        // Each lane gathers its own batches (of up to `batch_size` records, as Lambda does).
+        let mut gathers: Vec<Gatherer<S::Record>> =
+            (0..lanes.len()).map(|_| Gatherer::new(self.config.batch_size, self.config.batching_window)).collect();
         loop {
-            let (flush_due, gather_due) = (checkpointer.flush_due(), gather.due());
+            let flush_due = checkpointer.flush_due();
+            let gather_due = gathers.iter().filter_map(Gatherer::due).min();
             let next = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return Dispatched::Lost,
                 () = self.stop_requested(held) => {
                     // The partial batch first: the lanes finish what they were sent.
-                    return match self.send_lanes(held, &lanes, gather.take()).await {
+                    return match self.send_partials(held, &lanes, &mut gathers).await {
                         Ok(()) | Err(Interrupted::Shutdown) => Dispatched::Stop,
                         Err(Interrupted::LeaseLost) => Dispatched::Lost,
                     };
                 }
                 next = rx.recv() => next,
                 () = sleep_until(gather_due) => {
-                    let due = gather.take_if_due(Instant::now());
-                    match self.send_lanes(held, &lanes, due).await {
+                    let now = Instant::now();
+                    let due: Vec<_> = gathers.iter_mut().map(|g| g.take_if_due(now)).collect();
+                    match self.send_each(held, &lanes, due).await {
                         Ok(()) => continue,
                         Err(Interrupted::Shutdown) => return Dispatched::Stop,
                         Err(Interrupted::LeaseLost) => return Dispatched::Lost,
@@ -194,13 +198,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             let sent = match next {
                 Some(Fetched::Records(records)) => {
                     let (kept, filtered) = self.filter_tracked(records, lanes.len(), tracker);
-                    let mut result = Ok(());
-                    for batch in gather.push(kept, Instant::now()) {
-                        result = self.send_lanes(held, &lanes, Some(batch)).await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
+                    let now = Instant::now();
+                    let ready: Vec<Vec<Vec<S::Record>>> =
+                        kept.into_iter().zip(gathers.iter_mut()).map(|(part, g)| g.push(part, now)).collect();
+                    let mut result = self.send_ready(held, &lanes, ready).await;
                     if let (Ok(()), true) = (&result, filtered > 0) {
                         // Records nobody needs may move the checkpoint on their own.
                         let safe = tracker.lock().unwrap_or_else(PoisonError::into_inner).safe_point().cloned();
@@ -210,7 +211,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     }
                     result
                 }
-                Some(Fetched::Undecodable(record, error)) => match self.send_lanes(held, &lanes, gather.take()).await {
+                Some(Fetched::Undecodable(record, error)) => match self.send_partials(held, &lanes, &mut gathers).await
+                {
                     Ok(()) => {
                         tracker
                             .lock()
@@ -221,7 +223,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     Err(e) => Err(e),
                 },
                 Some(Fetched::End) => {
-                    return match self.send_lanes(held, &lanes, gather.take()).await {
+                    return match self.send_partials(held, &lanes, &mut gathers).await {
                         Ok(()) => Dispatched::End,
                         Err(Interrupted::Shutdown) => Dispatched::Stop,
                         Err(Interrupted::LeaseLost) => Dispatched::Lost,
@@ -241,21 +243,22 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     }
 
     /// Filters a read's records and registers each with the tracker in order: a kept record
-    /// under its lane, a dropped one as skipped. Returns the kept records and how many were
-    /// dropped.
+    /// under its lane, a dropped one as skipped. Returns the kept records of each lane and how
+    /// many were dropped.
     fn filter_tracked(
         &self,
         records: Vec<S::Record>,
         lanes: usize,
         tracker: &Mutex<LaneTracker>,
-    ) -> (Vec<S::Record>, usize) {
+    ) -> (Vec<Vec<S::Record>>, usize) {
         let mut t = tracker.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut kept = Vec::with_capacity(records.len());
+        let mut kept: Vec<Vec<S::Record>> = (0..lanes).map(|_| Vec::new()).collect();
         let mut dropped = 0;
         for r in records {
             if self.keep(&r) {
-                t.dispatched(lane_of(r.partition_key(), lanes), r.sequence_number().clone());
-                kept.push(r);
+                let lane = lane_of(r.partition_key(), lanes);
+                t.dispatched(lane, r.sequence_number().clone());
+                kept[lane].push(r);
             } else {
                 t.skipped(r.sequence_number().clone());
                 dropped += 1;
@@ -264,21 +267,46 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         (kept, dropped)
     }
 
-    /// Sends one batch's records to their lanes, in order.
-    async fn send_lanes(
+    /// Sends every lane's gathered records at once (shard end, a stop, an undecodable record).
+    async fn send_partials(
         &self,
         held: &HeldLease,
         lanes: &[mpsc::Sender<LaneItem<S::Record>>],
-        batch: Option<Vec<S::Record>>,
+        gathers: &mut [Gatherer<S::Record>],
     ) -> Result<(), Interrupted> {
-        let Some(records) = batch else { return Ok(()) };
-        let mut parts: Vec<Vec<S::Record>> = (0..lanes.len()).map(|_| Vec::new()).collect();
-        for r in records {
-            parts[lane_of(r.partition_key(), lanes.len())].push(r);
-        }
-        for (lane, part) in parts.into_iter().enumerate() {
-            if !part.is_empty() {
-                self.send_to(held, &lanes[lane], LaneItem::Records(part)).await?;
+        let partials: Vec<_> = gathers.iter_mut().map(Gatherer::take).collect();
+        self.send_each(held, lanes, partials).await
+    }
+
+    /// Sends each lane its ready batches, the lanes concurrently (a lane with a full queue
+    /// does not hold the others' batches back), each lane's in order. Returns once all are
+    /// queued: a slow lane holds the next read back, so the others run ahead by at most their
+    /// queues and one read.
+    async fn send_ready(
+        &self,
+        held: &HeldLease,
+        lanes: &[mpsc::Sender<LaneItem<S::Record>>],
+        ready: Vec<Vec<Vec<S::Record>>>,
+    ) -> Result<(), Interrupted> {
+        let sends = ready.into_iter().zip(lanes).map(|(batches, lane)| async move {
+            for batch in batches {
+                self.send_to(held, lane, LaneItem::Records(batch)).await?;
+            }
+            Ok::<(), Interrupted>(())
+        });
+        futures::future::join_all(sends).await.into_iter().collect()
+    }
+
+    /// Sends each lane its batch, if it has one.
+    async fn send_each(
+        &self,
+        held: &HeldLease,
+        lanes: &[mpsc::Sender<LaneItem<S::Record>>],
+        batches: Vec<Option<Vec<S::Record>>>,
+    ) -> Result<(), Interrupted> {
+        for (lane, batch) in batches.into_iter().enumerate() {
+            if let Some(records) = batch {
+                self.send_to(held, &lanes[lane], LaneItem::Records(records)).await?;
             }
         }
         Ok(())

@@ -11,8 +11,9 @@
 //!    ([`Violation::Lost`]); nothing is delivered that was never written
 //!    ([`Violation::NotWritten`]).
 //! 2. **Shard order**: within a session of a worker on a shard (from one `initialize` to the
-//!    next), delivered sequence numbers strictly increase, except that the batch after a failed
-//!    batch may start again further back ([`Violation::ShardOrder`]).
+//!    next), delivered sequence numbers strictly increase in each lane (the whole shard without
+//!    lanes), except that the batch after a failed batch may start again further back
+//!    ([`Violation::ShardOrder`]). Across lanes only item order holds (rule 3).
 //! 3. **Item order**: when version `v` of an item is first processed, every retained earlier
 //!    version has already been processed ([`Violation::ItemOrder`]).
 //! 4. **Parents first**: a child shard's first processed record comes after the first
@@ -25,6 +26,11 @@
 //!    ([`Violation::CheckpointBackwards`]), is written by the lease's owner
 //!    ([`Violation::CheckpointNotFenced`]) and never passes the highest record the owner had
 //!    processed for the shard ([`Violation::CheckpointBeyondDelivered`]).
+//! 8. **No checkpoint past an unfinished record** (this is what lanes must keep): when a
+//!    lease is checkpointed at `s`, every retained record of the shard up to `s` (filtered
+//!    ones aside) was delivered by a call that had returned by then
+//!    ([`Violation::CheckpointPastUnfinished`]); and a record the filter drops is never
+//!    delivered ([`Violation::FilteredDelivered`]).
 //! 7. **Redeliveries have a cause**: a record processed twice was, in between, retried after
 //!    a failed batch of the same worker, or its lease was taken or released, or a processor of
 //!    the shard saw `lease_lost` or `shutdown_requested`
@@ -38,6 +44,7 @@
 //! when it is empty (a store with history turned off). The checker runs in O(n log n) in the
 //! size of its input.
 
+mod lanes;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -70,6 +77,10 @@ pub struct Observed<'a> {
     pub lease_duration: Duration,
     /// Every shard with its parents (shards without parents may be left out).
     pub parents: &'a [(ShardId, Vec<ShardId>)],
+    /// The scenario's event filter, if any: true for a record the filter drops. Such records
+    /// need no delivery (rules 1, 3 and 8 leave them out) and must never be delivered
+    /// ([`Violation::FilteredDelivered`]).
+    pub filtered: Option<fn(&SimRecord) -> bool>,
 }
 
 /// Counts that describe a scenario's run.
@@ -185,6 +196,8 @@ fn check_entries(observed: &Observed<'_>, entries: &[LogEntry]) -> Report {
         rules::one_owner(&ix, observed.lease_duration, &mut violations);
     }
     rules::checkpoints(&ix, &mut violations);
+    lanes::no_checkpoint_past_unfinished(&ix, &mut violations);
+    lanes::filtered_not_delivered(&ix, &mut violations);
     if !observed.lease_history.is_empty() {
         rules::redeliveries(&ix, observed.lease_duration, &mut violations);
     }

@@ -19,19 +19,21 @@ type Order = (Instant, usize);
 /// The observations, indexed once for every rule.
 pub(super) struct Index<'a> {
     pub(super) origin: Option<Instant>,
-    written: &'a [SimRecord],
+    pub(super) written: &'a [SimRecord],
     trimmed: usize,
-    /// Per written record: still in the stream (not trimmed).
-    retained: Vec<bool>,
+    /// Per written record: still in the stream (not trimmed) and not dropped by the filter.
+    pub(super) retained: Vec<bool>,
+    /// Per written record: dropped by the scenario's event filter.
+    pub(super) filtered: Vec<bool>,
     entries: &'a [LogEntry],
     /// Every delivery with its position in the log, in log order.
-    deliveries: Vec<(usize, &'a Delivery)>,
+    pub(super) deliveries: Vec<(usize, &'a Delivery)>,
     /// Per delivery: the written record it carries.
-    written_of: Vec<Option<usize>>,
+    pub(super) written_of: Vec<Option<usize>>,
     /// Per written record: its first processed delivery (index into `deliveries`).
     first_processed: Vec<Option<(Order, usize)>>,
     /// Lease events per lease key, ordered by time (history order for equal times).
-    leases: HashMap<&'a str, Vec<&'a LeaseEvent>>,
+    pub(super) leases: HashMap<&'a str, Vec<&'a LeaseEvent>>,
     processed: usize,
     failed: usize,
     distinct_unwritten: usize,
@@ -65,6 +67,15 @@ impl<'a> Index<'a> {
         let mut retained = vec![true; written.len()];
         for r in observed.trimmed {
             if let Some(&i) = written_ix.get(&(r.shard_id.as_str(), &r.sequence_number)) {
+                retained[i] = false;
+            }
+        }
+        let filtered: Vec<bool> = match observed.filtered {
+            Some(drops) => written.iter().map(drops).collect(),
+            None => vec![false; written.len()],
+        };
+        for (i, f) in filtered.iter().enumerate() {
+            if *f {
                 retained[i] = false;
             }
         }
@@ -111,6 +122,7 @@ impl<'a> Index<'a> {
             written,
             trimmed: observed.trimmed.len(),
             retained,
+            filtered,
             entries,
             deliveries,
             written_of,
@@ -123,7 +135,7 @@ impl<'a> Index<'a> {
     }
 
     /// An instant as an offset from the origin.
-    fn since(&self, at: Instant) -> Duration {
+    pub(super) fn since(&self, at: Instant) -> Duration {
         self.origin.map(|o| at.saturating_duration_since(o)).unwrap_or_default()
     }
 
@@ -171,14 +183,14 @@ pub(super) fn at_least_once(ix: &Index<'_>, out: &mut Vec<Violation>) {
 
 /// Rule 2: within a session, sequence numbers increase unless the previous batch failed.
 pub(super) fn shard_order(ix: &Index<'_>, out: &mut Vec<Violation>) {
-    let mut last: HashMap<(&WorkerId, &str), (&SequenceNumber, DeliveryOutcome)> = HashMap::new();
+    let mut last: HashMap<(&WorkerId, &str, usize), (&SequenceNumber, DeliveryOutcome)> = HashMap::new();
     for entry in ix.entries {
         match entry {
             LogEntry::Lifecycle(l) if matches!(l.kind, LifecycleKind::Initialized(_)) => {
-                last.remove(&(&l.worker, l.shard_id.as_str()));
+                last.retain(|(w, s, _), _| !(*w == &l.worker && *s == l.shard_id.as_str()));
             }
             LogEntry::Delivery(d) => {
-                let prev = last.insert((&d.worker, d.shard_id.as_str()), (&d.sequence_number, d.outcome));
+                let prev = last.insert((&d.worker, d.shard_id.as_str(), d.lane), (&d.sequence_number, d.outcome));
                 if let Some((prev_seq, prev_outcome)) = prev
                     && prev_outcome != DeliveryOutcome::Failed
                     && d.sequence_number <= *prev_seq

@@ -82,6 +82,8 @@ impl Scenario {
                 version,
                 at: self.time(secs),
                 outcome,
+                lane: 0,
+                finished: self.time(secs),
             }));
         }
     }
@@ -93,6 +95,19 @@ impl Scenario {
             at: self.time(secs),
             kind,
         }));
+    }
+
+    /// Delivers `seqs` in one call of lane `lane` that returns `took` seconds later.
+    fn deliver_lane(&mut self, worker: &str, shard: &str, seqs: &[u128], secs: f64, lane: usize, took: f64) {
+        let from = self.entries.len();
+        self.deliver(worker, shard, seqs, secs, Processed);
+        let finished = self.time(secs + took);
+        for e in &mut self.entries[from..] {
+            if let LogEntry::Delivery(d) = e {
+                d.lane = lane;
+                d.finished = finished;
+            }
+        }
     }
 
     fn init(&mut self, worker: &str, shard: &str, secs: f64) {
@@ -130,6 +145,7 @@ impl Scenario {
             lease_history: &self.history,
             lease_duration: LEASE_DURATION,
             parents: &self.parents,
+            filtered: None,
         })
     }
 }
@@ -368,7 +384,42 @@ const CASES: &[Case] = &[
             s.lease(9.5, LeaseOp::Checkpoint, "s2", w("w1"), w("w1"), at(12));
             s.deliver("w1", "s2", &[12], 10.0, Processed);
         },
-        &["CheckpointBeyondDelivered"],
+        &["CheckpointBeyondDelivered", "CheckpointPastUnfinished"],
+    ),
+    // Rule 2 with lanes, and rule 8.
+    (
+        "lanes deliver out of shard order, each lane in order",
+        |s| {
+            s.write("s2", 12, "c", 1);
+            s.write("s2", 13, "d", 1);
+            s.write("s2", 14, "c", 2);
+            s.deliver_lane("w1", "s2", &[13], 9.0, 1, 0.0);
+            s.deliver_lane("w1", "s2", &[12, 14], 9.1, 0, 0.0);
+            s.lease(9.5, LeaseOp::Checkpoint, "s2", w("w1"), w("w1"), at(14));
+        },
+        &[],
+    ),
+    (
+        "a lane goes back in its own order",
+        |s| {
+            s.write("s2", 12, "c", 1);
+            s.write("s2", 13, "d", 1);
+            s.deliver_lane("w1", "s2", &[13], 9.0, 1, 0.0);
+            s.deliver_lane("w1", "s2", &[12], 9.1, 1, 0.0);
+        },
+        &["ShardOrder"],
+    ),
+    (
+        "checkpoint past a record of an unfinished lane",
+        |s| {
+            s.write("s2", 12, "c", 1);
+            s.write("s2", 13, "d", 1);
+            // Lane 0's call with record 12 started at 9.0 and returned only at 12.0.
+            s.deliver_lane("w1", "s2", &[12], 9.0, 0, 3.0);
+            s.deliver_lane("w1", "s2", &[13], 9.1, 1, 0.0);
+            s.lease(9.5, LeaseOp::Checkpoint, "s2", w("w1"), w("w1"), at(13));
+        },
+        &["CheckpointPastUnfinished"],
     ),
     (
         "checkpoint of a failed record",

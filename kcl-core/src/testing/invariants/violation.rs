@@ -165,6 +165,31 @@ pub enum Violation {
         /// When it was processed again.
         at: Duration,
     },
+    /// A lease was checkpointed past a record that no returned call had delivered yet (with
+    /// lanes: past a record of an unfinished lane).
+    CheckpointPastUnfinished {
+        /// The lease key (the shard).
+        key: LeaseKey,
+        /// The checkpoint written.
+        checkpoint: SequenceNumber,
+        /// The first record up to it not delivered by then.
+        unfinished: SequenceNumber,
+        /// That record's item key.
+        item: String,
+        /// When the checkpoint was written.
+        at: Duration,
+    },
+    /// A record the event filter drops was delivered.
+    FilteredDelivered {
+        /// The shard.
+        shard: ShardId,
+        /// The record.
+        sequence_number: SequenceNumber,
+        /// The worker that delivered it.
+        worker: WorkerId,
+        /// When.
+        at: Duration,
+    },
 }
 
 impl Violation {
@@ -182,6 +207,8 @@ impl Violation {
             Violation::CheckpointNotFenced { .. } => "CheckpointNotFenced",
             Violation::CheckpointBeyondDelivered { .. } => "CheckpointBeyondDelivered",
             Violation::RedeliveryWithoutMove { .. } => "RedeliveryWithoutMove",
+            Violation::CheckpointPastUnfinished { .. } => "CheckpointPastUnfinished",
+            Violation::FilteredDelivered { .. } => "FilteredDelivered",
         }
     }
 }
@@ -290,6 +317,16 @@ impl fmt::Display for Violation {
                 f,
                 "RedeliveryWithoutMove: record {sequence_number} of shard {shard} was processed by {first_worker} at {} and again by {worker} at {} with no lease move, failure or shutdown in between",
                 T(*first_at),
+                T(*at)
+            ),
+            Violation::CheckpointPastUnfinished { key, checkpoint, unfinished, item, at } => write!(
+                f,
+                "CheckpointPastUnfinished: lease {key} checkpointed at {checkpoint} at {} although record {unfinished} (item {item}) was not delivered by a returned call yet",
+                T(*at)
+            ),
+            Violation::FilteredDelivered { shard, sequence_number, worker, at } => write!(
+                f,
+                "FilteredDelivered: record {sequence_number} of shard {shard} is dropped by the filter but {worker} delivered it at {}",
                 T(*at)
             ),
         }

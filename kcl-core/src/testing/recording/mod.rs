@@ -88,6 +88,10 @@ pub struct Delivery {
     pub at: Instant,
     /// How the batch fared.
     pub outcome: DeliveryOutcome,
+    /// The lane of the batch (0 without lanes).
+    pub lane: usize,
+    /// When the call that carried it returned (`at` plus the processing time).
+    pub finished: Instant,
 }
 
 /// Which lifecycle callback ran.
@@ -516,6 +520,7 @@ impl<R: RecordVersion> RecordProcessor<R> for RecordingProcessor<R> {
             .map(|r| r.sequence_number().clone());
         let outcome = if failing.is_some() { DeliveryOutcome::Failed } else { DeliveryOutcome::Processed };
         let at = Instant::now();
+        let finished = at + self.settings.processing_delay;
         // One append per batch keeps a batch's records together in the log.
         self.settings.log.extend(batch.records.iter().map(|record| Delivery {
             worker: self.settings.worker.clone(),
@@ -525,6 +530,8 @@ impl<R: RecordVersion> RecordProcessor<R> for RecordingProcessor<R> {
             version: record.item_version(),
             at,
             outcome,
+            lane: batch.lane,
+            finished,
         }));
         if !self.settings.processing_delay.is_zero() {
             tokio::time::sleep(self.settings.processing_delay).await;

@@ -192,6 +192,8 @@ pub(crate) fn verify(ev: &Evidence<'_>) -> Figures {
                     version: version_of.get(&(line.shard.clone(), seq.clone())).copied(),
                     at,
                     outcome: DeliveryOutcome::Processed,
+                    lane: 0,
+                    finished: at,
                 }),
                 LineKind::Lifecycle { what, checkpoint } => {
                     let kind = match what.as_str() {
@@ -225,6 +227,7 @@ pub(crate) fn verify(ev: &Evidence<'_>) -> Figures {
         lease_history: &events,
         lease_duration: ev.lease_duration,
         parents: &parents,
+        filtered: None,
     };
     let report = check(&observed);
     figures.checker = report.to_string();
