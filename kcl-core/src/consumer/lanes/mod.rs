@@ -339,10 +339,19 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         mut queue: mpsc::Receiver<LaneItem<S::Record>>,
     ) -> LaneEnd {
         loop {
+            // Each lane also writes a coalesced checkpoint that fell due (the dispatcher may be
+            // waiting for room in a slow lane's queue).
+            let due = cp.shard.flush_due();
             let item = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return LaneEnd::Lost,
                 item = queue.recv() => item,
+                () = sleep_until(due) => {
+                    if self.checkpointed(held, Box::pin(cp.shard.on_timer()).await).is_err() {
+                        return LaneEnd::Lost;
+                    }
+                    continue;
+                }
             };
             let done = match item {
                 None => return LaneEnd::Drained,
