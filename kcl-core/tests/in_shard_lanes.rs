@@ -161,10 +161,22 @@ async fn the_batching_window_gathers_full_batches() {
 
 #[tokio::test(start_paused = true)]
 async fn a_partial_batch_is_delivered_and_checkpointed_at_shutdown() {
+    partial_batch_at_shutdown(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn partial_batches_of_every_lane_are_delivered_and_checkpointed_at_shutdown() {
+    partial_batch_at_shutdown(true).await;
+}
+
+async fn partial_batch_at_shutdown(lanes: bool) {
     init_tracing();
     let (sim, shard) = one_shard(14);
     let mut fleet = Fleet::new(sim, MemoryLeaseStore::new());
-    fleet.tune = |b| b.batch_size(100).batching_window(Duration::from_secs(60));
+    fleet.tune = match lanes {
+        false => |b| b.batch_size(100).batching_window(Duration::from_secs(60)),
+        true => |b| b.batch_size(100).batching_window(Duration::from_secs(60)).parallelism(3),
+    };
     fleet.start("a");
     fleet
         .wait_for(Duration::from_secs(30), "a to own the shard", |f| f.owners().get(&Some("a".into())) == Some(&1))

@@ -181,6 +181,11 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         *self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner) = Some(seq);
     }
 
+    /// The shard checkpointed.
+    pub(crate) fn shard_id(&self) -> &crate::shard::ShardId {
+        &self.held.shard_id
+    }
+
     /// Whether the lease is lost (nothing can be checkpointed any more).
     pub(crate) fn is_lost(&self) -> bool {
         self.held.is_lost()

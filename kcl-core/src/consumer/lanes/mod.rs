@@ -68,7 +68,7 @@ impl<L: LeaseStore> LaneCheckpointer<'_, L> {
 
     async fn handled(&self, seq: SequenceNumber, trigger: Trigger) -> Result<(), CheckpointError> {
         if self.shard.is_lost() {
-            return Err(CheckpointError::LeaseLost { shard: String::new() });
+            return Err(CheckpointError::LeaseLost { shard: self.shard.shard_id().to_string() });
         }
         let safe = {
             let mut t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
@@ -172,11 +172,15 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 biased;
                 _ = held.lost_token().cancelled() => return Dispatched::Lost,
                 () = self.stop_requested(held) => {
-                    // The partial batch first: the lanes finish what they were sent.
-                    return match self.send_partials(held, &lanes, &mut gathers).await {
-                        Ok(()) | Err(Interrupted::Shutdown) => Dispatched::Stop,
-                        Err(Interrupted::LeaseLost) => Dispatched::Lost,
-                    };
+                    // The partial batches first, where a lane's queue has room: the lanes
+                    // finish what they were sent. (A batch that finds no room is not
+                    // delivered; the checkpoint stays below it.)
+                    for (lane, gather) in lanes.iter().zip(gathers.iter_mut()) {
+                        if let Some(records) = gather.take() {
+                            let _ = lane.try_send(LaneItem::Records(records));
+                        }
+                    }
+                    return Dispatched::Stop;
                 }
                 next = rx.recv() => next,
                 () = sleep_until(gather_due) => {
