@@ -1,6 +1,9 @@
 //! Seeded soak: random crashes, partitions, joins, graceful leaves, rotations, splits,
 //! throttling and lease-table faults, all at once; every invariant checked for each seed.
 //!
+//! The same soak runs again with the in-shard controls on: four lanes per shard, batches of
+//! up to 20 records gathered for up to 200 ms, and an event filter that drops the removals.
+//!
 //! 200 seeds by default; set `KCL_SOAK_SEEDS` for more (and `KCL_SOAK_FIRST_SEED` to start
 //! elsewhere, e.g. to replay a failing seed).
 
@@ -21,7 +24,7 @@ fn seeds(part: u64, parts: u64) -> impl Iterator<Item = u64> {
     (first..first + count).filter(move |s| s % parts == part)
 }
 
-async fn soak(seed: u64) {
+async fn soak(seed: u64, lanes: bool) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let sim = StreamSimulator::builder()
         .seed(seed)
@@ -31,7 +34,16 @@ async fn soak(seed: u64) {
         .build();
     let store = MemoryLeaseStore::new();
     let mut fleet = Fleet::new(sim.clone(), store.clone());
-    fleet.tune = |b| b.shard_sync_interval(Duration::from_secs(5));
+    fleet.tune = match lanes {
+        false => |b| b.shard_sync_interval(Duration::from_secs(5)),
+        true => |b| {
+            b.shard_sync_interval(Duration::from_secs(5))
+                .parallelism(4)
+                .batch_size(20)
+                .batching_window(Duration::from_millis(200))
+        },
+    };
+
     let mut names: Vec<String> = Vec::new();
     let mut next_name = 0;
     let mut start = |fleet: &mut Fleet, names: &mut Vec<String>| {
@@ -104,30 +116,46 @@ async fn soak(seed: u64) {
     }
 }
 
-fn run(part: u64, parts: u64) {
+fn run(part: u64, parts: u64, lanes: bool) {
     for seed in seeds(part, parts) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"));
-        rt.block_on(soak(seed));
+        rt.block_on(soak(seed, lanes));
     }
 }
 
 #[test]
 fn soak_part_0() {
-    run(0, 4);
+    run(0, 4, false);
 }
 #[test]
 fn soak_part_1() {
-    run(1, 4);
+    run(1, 4, false);
 }
 #[test]
 fn soak_part_2() {
-    run(2, 4);
+    run(2, 4, false);
 }
 #[test]
 fn soak_part_3() {
-    run(3, 4);
+    run(3, 4, false);
+}
+#[test]
+fn soak_lanes_part_0() {
+    run(0, 4, true);
+}
+#[test]
+fn soak_lanes_part_1() {
+    run(1, 4, true);
+}
+#[test]
+fn soak_lanes_part_2() {
+    run(2, 4, true);
+}
+#[test]
+fn soak_lanes_part_3() {
+    run(3, 4, true);
 }
