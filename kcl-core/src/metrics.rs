@@ -9,6 +9,8 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub(crate) records_processed: IntCounter,
+    /// Records a configured filter left out: not delivered, checkpointed past.
+    pub(crate) records_filtered: IntCounter,
     pub(crate) batches: IntCounterVec,
     /// `batches{result="ok"}`, resolved once (the hot path).
     pub(crate) batches_ok: IntCounter,
@@ -62,6 +64,11 @@ impl Metrics {
             records_processed: IntCounter::new(
                 "kcl_records_processed_total",
                 "Records delivered to process_records and handled",
+            )?,
+            records_filtered: IntCounter::new(
+                "kcl_records_filtered_total",
+                "Records that matched none of the configured filter patterns: not delivered to process_records, \
+                 and the checkpoint moves past them",
             )?,
             batches,
             batch_seconds: Histogram::with_opts(
@@ -164,6 +171,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(m.records_processed.clone()))?;
+        registry.register(Box::new(m.records_filtered.clone()))?;
         registry.register(Box::new(m.stalled_shards.clone()))?;
         registry.register(Box::new(m.shards_without_children.clone()))?;
         registry.register(Box::new(m.processor_panics.clone()))?;

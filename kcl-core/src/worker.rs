@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::call_timeout::{TimedSource, TimedStore};
 use crate::config::{Config, LeaseRenewal, OnStall};
+use crate::consumer::RecordPredicate;
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
@@ -42,8 +43,9 @@ use crate::status::{ShardState, StatusBoard, WorkerStatus};
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Worker<S, L, F, D = NoDeadLetter> {
+pub struct Worker<S: StreamSource, L, F, D = NoDeadLetter> {
     source: Arc<TimedSource<S>>,
+    record_filter: Option<RecordPredicate<S::Record>>,
     dead_letter: Option<Arc<D>>,
     store: Arc<TimedStore<L>>,
     factory: Arc<F>,
@@ -159,6 +161,7 @@ where
         let status = Arc::new(StatusBoard::new(config.worker_id().clone()));
         Self {
             source: Arc::new(TimedSource::new(source, config.source_call_timeout)),
+            record_filter: None,
             dead_letter: None,
             store: Arc::new(TimedStore::new(store, config.lease_call_timeout)),
             factory: Arc::new(factory),
@@ -176,6 +179,7 @@ where
     pub fn with_dead_letter<D: DeadLetterSink<S::Record>>(self, sink: D) -> Worker<S, L, F, D> {
         Worker {
             source: self.source,
+            record_filter: self.record_filter,
             dead_letter: Some(Arc::new(sink)),
             store: self.store,
             factory: self.factory,
@@ -196,6 +200,16 @@ where
     F: RecordProcessorFactory<S::Record>,
     D: DeadLetterSink<S::Record>,
 {
+    /// Delivers only the records for which `keep` returns true (in Rust, for what the
+    /// [`filter`](crate::ConfigBuilder::filter) patterns cannot say; with both, a record must
+    /// pass both). Dropped records are not delivered, are counted in
+    /// `kcl_records_filtered_total`, and the checkpoint moves past them. `keep` runs on the
+    /// shard's task for every record: keep it cheap and free of I/O.
+    pub fn with_record_filter(mut self, keep: impl Fn(&S::Record) -> bool + Send + Sync + 'static) -> Self {
+        self.record_filter = Some(RecordPredicate::new(keep));
+        self
+    }
+
     /// A handle to stop the worker and read its status.
     pub fn handle(&self) -> WorkerHandle {
         WorkerHandle {
@@ -266,6 +280,7 @@ where
             shutdown: self.shutdown.clone(),
             shard_ended: ended_tx,
             dead_letter: self.dead_letter.clone(),
+            record_filter: self.record_filter.clone(),
             closed,
             ended_here: tokio::sync::Notify::new(),
         });

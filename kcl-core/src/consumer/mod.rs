@@ -42,9 +42,34 @@ use crate::status::{ShardState, StatusBoard};
 use gather::Gatherer;
 use guard::{Callback, guarded};
 
+/// A Rust predicate over records (see `Worker::with_record_filter`).
+pub(crate) struct RecordPredicate<R>(Arc<dyn Fn(&R) -> bool + Send + Sync>);
+
+impl<R> RecordPredicate<R> {
+    pub(crate) fn new(keep: impl Fn(&R) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(keep))
+    }
+
+    fn keeps(&self, record: &R) -> bool {
+        (self.0)(record)
+    }
+}
+
+impl<R> Clone for RecordPredicate<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<R> std::fmt::Debug for RecordPredicate<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordPredicate(..)")
+    }
+}
+
 /// What every consumer of one worker shares.
 #[derive(Debug)]
-pub(crate) struct ConsumerContext<S, L, D> {
+pub(crate) struct ConsumerContext<S: StreamSource, L, D> {
     pub(crate) source: Arc<S>,
     pub(crate) store: Arc<L>,
     pub(crate) config: Arc<Config>,
@@ -57,6 +82,8 @@ pub(crate) struct ConsumerContext<S, L, D> {
     pub(crate) shard_ended: mpsc::Sender<ShardId>,
     /// Where exhausted records go; `None` when the worker has no destination.
     pub(crate) dead_letter: Option<Arc<D>>,
+    /// The user's Rust predicate: records for which it is false are not delivered.
+    pub(crate) record_filter: Option<RecordPredicate<S::Record>>,
     /// Shards known to be closed (from shard sync's listings).
     pub(crate) closed: Arc<std::sync::Mutex<std::collections::HashSet<ShardId>>>,
     /// Woken when a shard ends on this worker: its children waiting here check at once.
@@ -518,8 +545,11 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// Whether the event filter lets `record` through (always, without a filter); a dropped
     /// record is counted.
     fn keep(&self, record: &S::Record) -> bool {
-        let _ = record;
-        true
+        let keep = self.record_filter.as_ref().is_none_or(|p| p.keeps(record));
+        if !keep {
+            self.metrics.records_filtered.inc();
+        }
+        keep
     }
 
     /// Judges the result of one of the worker's own checkpoints: a lost lease stops the

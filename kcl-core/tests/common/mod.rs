@@ -41,6 +41,8 @@ pub struct Fleet {
     pub deaf: BTreeMap<String, Arc<AtomicBool>>,
     /// The scenario's event filter, for the invariant checker: true for a dropped record.
     pub filtered: Option<fn(&SimRecord) -> bool>,
+    /// A Rust record filter given to each worker (`Worker::with_record_filter`): true keeps.
+    pub record_filter: Option<fn(&SimRecord) -> bool>,
 }
 
 impl Fleet {
@@ -57,6 +59,7 @@ impl Fleet {
             links: BTreeMap::new(),
             deaf: BTreeMap::new(),
             filtered: None,
+            record_filter: None,
         }
     }
 
@@ -79,7 +82,11 @@ impl Fleet {
             deaf: self.deaf.entry(name.to_owned()).or_default().clone(),
         };
         self.links.insert(name.to_owned(), link.cut.clone());
-        let worker = Worker::with_metrics(self.config(name), self.sim.clone(), link, factory, Metrics::unregistered());
+        let mut worker =
+            Worker::with_metrics(self.config(name), self.sim.clone(), link, factory, Metrics::unregistered());
+        if let Some(keep) = self.record_filter {
+            worker = worker.with_record_filter(keep);
+        }
         let handle = worker.handle();
         let task = tokio::spawn(worker.run());
         self.workers.insert(name.to_owned(), Running { handle, task });

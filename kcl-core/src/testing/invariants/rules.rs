@@ -369,6 +369,22 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
             *seq = top;
         }
     }
+    // Per shard, the records the filter does not drop, in order: a checkpoint may pass the
+    // highest processed record over dropped ones only.
+    let mut unfiltered: HashMap<&str, Vec<&SequenceNumber>> = HashMap::new();
+    for (i, r) in ix.written.iter().enumerate() {
+        if !ix.filtered[i] {
+            unfiltered.entry(r.shard_id.as_str()).or_default().push(&r.sequence_number);
+        }
+    }
+    for list in unfiltered.values_mut() {
+        list.sort_unstable();
+    }
+    let passes_unfiltered = |shard: &str, highest: Option<&SequenceNumber>, seq: &SequenceNumber| {
+        let Some(list) = unfiltered.get(shard) else { return false };
+        let from = highest.map_or(0, |h| list.partition_point(|s| *s <= h));
+        list.get(from).is_some_and(|next| *next <= seq)
+    };
     let mut keys: Vec<&&str> = ix.leases.keys().collect();
     keys.sort_unstable(); // deterministic report order
     for key in keys {
@@ -414,7 +430,7 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 let n = list.partition_point(|(at, _)| *at <= e.at);
                 Some(list.get(n.checked_sub(1)?)?.1)
             });
-            if highest.is_none_or(|h| seq > h) {
+            if highest.is_none_or(|h| seq > h) && passes_unfiltered(key, highest, seq) {
                 out.push(Violation::CheckpointBeyondDelivered {
                     key: e.key.clone(),
                     worker: owner.clone(),
