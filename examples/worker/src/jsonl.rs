@@ -135,7 +135,13 @@ impl RecordProcessor<ChangeRecord> for JsonlProcessor {
             if self.written_up_to.as_ref().is_some_and(|done| record.sequence_number() <= done) {
                 continue;
             }
-            let line = record_line(&self.sink.worker, &batch.shard_id, record);
+            let mut line = record_line(&self.sink.worker, &batch.shard_id, record);
+            if let Value::Object(fields) = &mut line {
+                // Which lane delivered it, and in a batch of how many (for tests of the
+                // in-shard controls).
+                fields.insert("lane".to_owned(), Value::from(batch.lane));
+                fields.insert("batch".to_owned(), Value::from(batch.records.len()));
+            }
             // Writing a `Value` to a Vec cannot fail: no I/O, and every map key is a string.
             if let Err(e) = serde_json::to_writer(&mut lines, &line) {
                 return Err(ProcessorError::new(format!("cannot render record as JSON: {e}")));

@@ -162,6 +162,18 @@ struct Args {
     /// Default: kcl-core's (5 s).
     #[arg(long, visible_alias = "checkpoint-interval", env = "KCL_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
+    /// Lanes per shard (Lambda: `ParallelizationFactor`), 1 to 10: a shard's records are
+    /// split by item key into this many lanes processed concurrently, each item's changes in
+    /// order. Default: 1.
+    #[arg(long, env = "KCL_PARALLELISM")]
+    parallelism: Option<usize>,
+    /// Most records per batch (Lambda: `BatchSize`), 1 to 10,000. Default: 1000.
+    #[arg(long, env = "KCL_BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// How long records are gathered into a batch before delivery, in milliseconds (Lambda:
+    /// `MaximumBatchingWindowInSeconds`), at most 300,000. Default: none.
+    #[arg(long, env = "KCL_BATCHING_WINDOW_MS")]
+    batching_window_ms: Option<u64>,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -253,6 +265,15 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     }
     if let Some(ms) = args.checkpoint_interval_ms {
         config = config.checkpoint_interval(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.parallelism {
+        config = config.parallelism(n);
+    }
+    if let Some(n) = args.batch_size {
+        config = config.batch_size(n);
+    }
+    if let Some(ms) = args.batching_window_ms {
+        config = config.batching_window(Duration::from_millis(ms));
     }
     let config = config.build().map_err(WorkerError::Config)?;
 

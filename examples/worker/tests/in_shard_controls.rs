@@ -1,0 +1,108 @@
+//! The in-shard controls in the `worker` binary against DynamoDB Local: `--parallelism`,
+//! `--batch-size` and `--batching-window-ms` (and `--filter`). Judged from the JSON lines the
+//! worker writes (each line names its lane and the size of its batch), never by timing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use kcl_adapter::local::{DynamoDbLocal, unique_name};
+use serde_json::Value;
+
+const ITEMS: usize = 30;
+const VERSIONS: i64 = 10;
+
+/// Writes versions 1..=VERSIONS of items `item-0`..: item by item per version, so each
+/// item's changes are spread over the stream.
+async fn write_changes(local: &DynamoDbLocal, table: &str) {
+    let client = local.dynamodb_client();
+    for v in 1..=VERSIONS {
+        for i in 0..ITEMS {
+            let put = client.put_item().table_name(table).item("pk", AttributeValue::S(format!("item-{i}")));
+            put.item("v", AttributeValue::N(v.to_string())).send().await.unwrap_or_else(|e| panic!("{e:?}"));
+        }
+    }
+}
+
+fn record_lines(output: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l.get("seq").is_some()).collect()
+}
+
+/// Runs one worker with `flags` until `want` records are in its output; returns them.
+async fn run_worker(flags: &[&str], want: usize, name: &str) -> Vec<Value> {
+    let local = DynamoDbLocal::shared();
+    let table = unique_name(name);
+    local.create_stream_table(&table).await;
+    let app = unique_name(&format!("{name}-app"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let output = dir.path().join("out.jsonl");
+    let log = dir.path().join("worker.log");
+    let mut list: Vec<String> = ["--table", &table, "--application-name", &app, "--metrics-addr", "127.0.0.1:0"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    list.extend(["--output".to_owned(), output.display().to_string(), "--worker-id".to_owned(), name.to_owned()]);
+    list.extend(flags.iter().map(|f| (*f).to_owned()));
+    let command = common::worker_command(&local.endpoint(), &list, &log);
+    let mut worker = common::WorkerProcess::spawn_command(name, name, command, &log).await;
+    write_changes(local, &table).await;
+    let lines = common::eventually(
+        "every wanted change in the output",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            let output = &output;
+            async move {
+                let lines = record_lines(output);
+                let distinct: BTreeSet<String> =
+                    lines.iter().filter_map(|l| l["seq"].as_str().map(str::to_owned)).collect();
+                (distinct.len() >= want).then_some(lines)
+            }
+        },
+    )
+    .await;
+    worker.sigint();
+    let exit = worker.wait_exit(Duration::from_secs(60)).await;
+    assert!(exit.success(), "{exit}\n{}", worker.log_tail(30));
+    let lines = record_lines(&output);
+    assert!(lines.len() >= want, "{} lines", lines.len());
+    lines
+}
+
+/// Per item, the versions in the order the output has them.
+fn versions_per_item(lines: &[Value]) -> BTreeMap<String, Vec<i64>> {
+    let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for l in lines {
+        let (Some(pk), Some(v)) = (l["keys"]["pk"].as_str(), l["v"].as_i64()) else { continue };
+        out.entry(pk.to_owned()).or_default().push(v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_batches_and_the_window_in_the_worker_binary() {
+    let flags = ["--parallelism", "4", "--batch-size", "10", "--batching-window-ms", "500"];
+    let lines = run_worker(&flags, ITEMS * VERSIONS as usize, "lanes").await;
+    let per_item = versions_per_item(&lines);
+    assert_eq!(per_item.len(), ITEMS, "every item's changes arrived");
+    for (item, versions) in &per_item {
+        let first_seen: Vec<i64> = versions.iter().fold(Vec::new(), |mut seen, v| {
+            if !seen.contains(v) {
+                seen.push(*v);
+            }
+            seen
+        });
+        assert_eq!(first_seen, (1..=VERSIONS).collect::<Vec<_>>(), "{item}: changes out of order: {versions:?}");
+    }
+    let lanes: BTreeSet<u64> = lines.iter().filter_map(|l| l["lane"].as_u64()).collect();
+    assert!(lanes.len() > 1 && lanes.iter().all(|l| *l < 4), "records went through several of the 4 lanes: {lanes:?}");
+    let sizes: Vec<u64> = lines.iter().filter_map(|l| l["batch"].as_u64()).collect();
+    assert!(sizes.iter().all(|n| (1..=10).contains(n)), "every batch holds at most 10 records: {sizes:?}");
+    // The puts come one by one; the window gathers them: most records arrive in full batches.
+    let in_full = sizes.iter().filter(|n| **n == 10).count();
+    assert!(in_full * 2 > sizes.len(), "most records came in batches of 10: {in_full} of {}", sizes.len());
+}
