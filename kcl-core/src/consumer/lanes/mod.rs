@@ -342,33 +342,58 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         cp: &LaneCheckpointer<'_, L>,
         mut queue: mpsc::Receiver<LaneItem<S::Record>>,
     ) -> LaneEnd {
+        // Records taken from the queue and not delivered yet: while the lane was busy, what
+        // queued up is delivered in batches as full as `batch_size` allows (a read's records
+        // rarely split evenly over lanes, and a short remainder costs a whole call).
+        let mut buffered: Vec<S::Record> = Vec::new();
+        let mut held_over: Option<LaneItem<S::Record>> = None;
         loop {
-            // Each lane also writes a coalesced checkpoint that fell due (the dispatcher may be
-            // waiting for room in a slow lane's queue).
-            let due = cp.shard.flush_due();
-            let item = tokio::select! {
-                biased;
-                _ = held.lost_token().cancelled() => return LaneEnd::Lost,
-                item = queue.recv() => item,
-                () = sleep_until(due) => {
-                    if self.checkpointed(held, Box::pin(cp.shard.on_timer()).await).is_err() {
-                        return LaneEnd::Lost;
+            if buffered.is_empty() {
+                let item = match held_over.take() {
+                    Some(item) => Some(item),
+                    None => {
+                        // Each lane also writes a coalesced checkpoint that fell due (the
+                        // dispatcher may be waiting for room in a slow lane's queue).
+                        let due = cp.shard.flush_due();
+                        tokio::select! {
+                            biased;
+                            _ = held.lost_token().cancelled() => return LaneEnd::Lost,
+                            item = queue.recv() => item,
+                            () = sleep_until(due) => {
+                                if self.checkpointed(held, Box::pin(cp.shard.on_timer()).await).is_err() {
+                                    return LaneEnd::Lost;
+                                }
+                                continue;
+                            }
+                        }
                     }
-                    continue;
-                }
-            };
-            let done = match item {
-                None => return LaneEnd::Drained,
-                Some(LaneItem::Records(records)) => {
-                    let batch = Batch { shard_id: held.shard_id.clone(), lag: super::lag_of(&records), records, lane };
-                    match Box::pin(self.deliver(held, processor, cp, batch)).await {
-                        Ok(last) => self.checkpointed(held, cp.offer(last, Trigger::Processed).await),
-                        Err(e) => Err(e),
+                };
+                match item {
+                    None => return LaneEnd::Drained,
+                    Some(LaneItem::Records(records)) => buffered = records,
+                    Some(LaneItem::Undecodable(record, error)) => {
+                        match Box::pin(self.undecodable(held, cp, record, &error)).await {
+                            Ok(_) => continue,
+                            Err(Interrupted::LeaseLost) => return LaneEnd::Lost,
+                            Err(Interrupted::Shutdown) => return LaneEnd::Stop,
+                        }
                     }
                 }
-                Some(LaneItem::Undecodable(record, error)) => {
-                    Box::pin(self.undecodable(held, cp, record, &error)).await.map(|_| ())
+            }
+            let batch_size = self.config.batch_size;
+            while held_over.is_none() && buffered.len() < batch_size {
+                match queue.try_recv() {
+                    Ok(LaneItem::Records(more)) => buffered.extend(more),
+                    Ok(other) => held_over = Some(other),
+                    Err(_) => break,
                 }
+            }
+            let rest = buffered.split_off(buffered.len().min(batch_size));
+            let records = std::mem::replace(&mut buffered, rest);
+            let batch = Batch { shard_id: held.shard_id.clone(), lag: super::lag_of(&records), records, lane };
+            let done = match Box::pin(self.deliver(held, processor, cp, batch)).await {
+                Ok(last) => self.checkpointed(held, cp.offer(last, Trigger::Processed).await),
+                Err(e) => Err(e),
             };
             match done {
                 Ok(()) => {}
