@@ -166,6 +166,7 @@ async fn main() -> ExitCode {
         lease_history: &history,
         lease_duration: kcl_core::config::DEFAULT_LEASE_DURATION,
         parents: &parents,
+        filtered: None,
     });
     let s = &report.stats;
     println!();

@@ -81,8 +81,9 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let recs = |n: u32| (0..n).collect::<Vec<_>>();
-        // (batch size, window, reads as (records, at ms), batches ready after each read)
-        let cases: Vec<(&str, usize, u64, Vec<(u32, u64)>, Vec<Vec<usize>>)> = vec![
+        // (name, batch size, window ms, reads as (records, at ms), batch sizes ready after each)
+        type Case = (&'static str, usize, u64, Vec<(u32, u64)>, Vec<Vec<usize>>);
+        let cases: Vec<Case> = vec![
             ("no window: each read at once", 1000, 0, vec![(5, 0), (3, 10)], vec![vec![5], vec![3]]),
             ("no window: split by size", 4, 0, vec![(10, 0)], vec![vec![4, 4, 2]]),
             ("window: gathered until full", 10, 500, vec![(4, 0), (4, 100), (4, 200)], vec![vec![], vec![], vec![10]]),

@@ -10,6 +10,10 @@ use super::rules::Index;
 use crate::checkpoint::{Checkpoint, SequenceNumber};
 use crate::testing::memory_store::LeaseOp;
 
+/// A shard's record in sequence order: its number, the latest first-done time of the records
+/// up to it (`None` once one of them was never delivered), and the record that sets it.
+type Row<'a> = (&'a SequenceNumber, Option<Instant>, usize);
+
 /// Rule 8a: a checkpoint at `s` at time `t` needs every retained record of the shard up to
 /// `s` delivered by a call that had returned at or before `t` (any outcome: a record that
 /// kept failing is dead-lettered after its failed calls).
@@ -32,7 +36,7 @@ pub(super) fn no_checkpoint_past_unfinished(ix: &Index<'_>, out: &mut Vec<Violat
             shards.entry(r.shard_id.as_str()).or_default().push((&r.sequence_number, i));
         }
     }
-    let mut prefix: HashMap<&str, Vec<(&SequenceNumber, Option<Instant>, usize)>> = HashMap::new();
+    let mut prefix: HashMap<&str, Vec<Row<'_>>> = HashMap::new();
     for (shard, mut list) in shards {
         list.sort_by(|a, b| a.0.cmp(b.0));
         let mut worst: Option<(Option<Instant>, usize)> = None;
