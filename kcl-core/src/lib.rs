@@ -21,6 +21,7 @@ pub mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod error;
+pub mod filter;
 pub mod lease;
 pub mod metrics;
 pub mod processor;
@@ -37,6 +38,7 @@ pub use config::{
 };
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink, NoDeadLetter};
 pub use error::WorkerError;
+pub use filter::{FilterCriteria, FilterError};
 pub use lease::{
     HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
 };

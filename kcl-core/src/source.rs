@@ -20,6 +20,12 @@ pub trait StreamRecord: Send + Sync + Clone + fmt::Debug + 'static {
     fn approximate_creation_time(&self) -> Option<SystemTime>;
     /// The item the change belongs to, rendered as a string; changes to one key are ordered.
     fn partition_key(&self) -> &str;
+    /// The record in the JSON shape of Lambda's DynamoDB Streams event record (`eventID`,
+    /// `eventName`, `eventSource`, `dynamodb.{Keys, NewImage, OldImage, SequenceNumber, ..}`,
+    /// attribute values in DynamoDB JSON such as `{"S": "x"}`): what event filters
+    /// ([`FilterCriteria`](crate::FilterCriteria)) are matched against. Called only when a
+    /// filter is configured.
+    fn to_filter_event(&self) -> serde_json::Value;
 }
 
 /// One shard as the stream lists it.

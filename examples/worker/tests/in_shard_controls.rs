@@ -105,3 +105,21 @@ async fn lanes_batches_and_the_window_in_the_worker_binary() {
     let in_full = sizes.iter().filter(|n| **n == 10).count();
     assert!(in_full * 2 > sizes.len(), "most records came in batches of 10: {in_full} of {}", sizes.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_in_the_worker_binary() {
+    // item-1 and item-10..item-19: 11 items, 10 versions each.
+    let pattern = r#"{"eventName": ["INSERT", "MODIFY"], "dynamodb": {"Keys": {"pk": {"S": [{"prefix": "item-1"}]}}}}"#;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("filter.json");
+    std::fs::write(&file, pattern).unwrap_or_else(|e| panic!("{e}"));
+    let at_file = format!("@{}", file.display());
+    let flags = ["--filter", at_file.as_str(), "--parallelism", "2"];
+    let lines = run_worker(&flags, 11 * VERSIONS as usize, "filter").await;
+    let per_item = versions_per_item(&lines);
+    let items: Vec<&String> = per_item.keys().collect();
+    assert_eq!(items.len(), 11, "exactly the matching items: {items:?}");
+    assert!(items.iter().all(|k| k.starts_with("item-1")), "{items:?}");
+    let distinct: BTreeSet<&str> = lines.iter().filter_map(|l| l["seq"].as_str()).collect();
+    assert_eq!(distinct.len(), 11 * VERSIONS as usize, "every matching change, and no other");
+}

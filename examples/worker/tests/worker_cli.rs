@@ -63,6 +63,32 @@ async fn bad_input_stops_the_worker_with_the_fix() {
             ],
             "invalid configuration: lease_duration is zero",
         ),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--application-name",
+                "cli-8",
+                "--output",
+                "/dev/null",
+                "--filter",
+                r#"{"dynamodb": {"Keys": {"pk": {"S": [{"prefx": "order#"}]}}}}"#,
+            ],
+            "--filter: at dynamodb.Keys.pk.S: unknown matcher \"prefx\" (known: prefix",
+        ),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--application-name",
+                "cli-9",
+                "--output",
+                "/dev/null",
+                "--filter",
+                "@/nonexistent.json",
+            ],
+            "--filter: cannot read /nonexistent.json",
+        ),
     ];
     for (list, want) in cases {
         let mut list = list;

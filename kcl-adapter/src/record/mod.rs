@@ -6,6 +6,7 @@
 //! [`ChangeRecord::new_image_as`] and [`ChangeRecord::old_image_as`]; a failure names the
 //! record and the attribute that did not fit.
 
+mod event;
 mod names;
 
 pub use names::{ChangeKind, DYNAMODB_SERVICE_PRINCIPAL, EventName, StreamViewType, UserIdentity};
@@ -270,6 +271,10 @@ impl StreamRecord for ChangeRecord {
 
     fn partition_key(&self) -> &str {
         &self.partition_key
+    }
+
+    fn to_filter_event(&self) -> serde_json::Value {
+        event::filter_event(self)
     }
 }
 

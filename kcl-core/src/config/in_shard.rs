@@ -51,6 +51,18 @@ impl ConfigBuilder {
     }
 }
 
+impl ConfigBuilder {
+    /// Delivers only the records that match `criteria` (Lambda: `FilterCriteria`, in the same
+    /// JSON syntax; see [`crate::filter`]). Default: none (every record). Records that match
+    /// no pattern are not delivered, are counted in `kcl_records_filtered_total`, and the
+    /// checkpoint moves past them. With [`Worker::with_record_filter`](crate::Worker::with_record_filter)
+    /// too, a record must pass both.
+    pub fn filter(mut self, criteria: crate::filter::FilterCriteria) -> Self {
+        self.config.filter = Some(std::sync::Arc::new(criteria));
+        self
+    }
+}
+
 impl Config {
     /// Lanes per shard.
     pub fn parallelism(&self) -> usize {

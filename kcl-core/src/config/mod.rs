@@ -223,6 +223,7 @@ pub struct Config {
     pub(crate) parallelism: usize,
     pub(crate) batch_size: usize,
     pub(crate) batching_window: Duration,
+    pub(crate) filter: Option<std::sync::Arc<crate::filter::FilterCriteria>>,
 }
 
 impl Config {
@@ -262,6 +263,7 @@ impl Config {
                 parallelism: DEFAULT_PARALLELISM,
                 batch_size: DEFAULT_BATCH_SIZE,
                 batching_window: DEFAULT_BATCHING_WINDOW,
+                filter: None,
             },
             take_interval_set: false,
             lease_call_timeout_set: false,

@@ -545,7 +545,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// Whether the event filter lets `record` through (always, without a filter); a dropped
     /// record is counted.
     fn keep(&self, record: &S::Record) -> bool {
-        let keep = self.record_filter.as_ref().is_none_or(|p| p.keeps(record));
+        let keep = self.config.filter.as_ref().is_none_or(|f| f.matches(&record.to_filter_event()))
+            && self.record_filter.as_ref().is_none_or(|p| p.keeps(record));
         if !keep {
             self.metrics.records_filtered.inc();
         }

@@ -174,6 +174,11 @@ struct Args {
     /// `MaximumBatchingWindowInSeconds`), at most 300,000. Default: none.
     #[arg(long, env = "KCL_BATCHING_WINDOW_MS")]
     batching_window_ms: Option<u64>,
+    /// Event filter in Lambda's `FilterCriteria` JSON syntax (one pattern, an array of them,
+    /// or `{"Filters": [{"Pattern": "..."}]}`), or `@path` to read it from a file: only
+    /// matching changes are processed; the others are counted and checkpointed past.
+    #[arg(long, env = "KCL_FILTER")]
+    filter: Option<String>,
     /// SQS queue that receives records whose retries are exhausted; checked at start.
     #[arg(long, env = "KCL_DEAD_LETTER_QUEUE_URL")]
     dead_letter_queue_url: Option<String>,
@@ -181,6 +186,19 @@ struct Args {
     /// AWS chain (`AWS_ENDPOINT_URL_SQS`, else the region's endpoint).
     #[arg(long, env = "KCL_SQS_ENDPOINT_URL")]
     sqs_endpoint_url: Option<String>,
+}
+
+/// `--filter`: the JSON itself, or `@path` to a file holding it.
+fn parse_filter(arg: &str) -> Result<kcl_core::FilterCriteria, String> {
+    let (text, from) = match arg.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--filter: cannot read {path}: {e}"))?;
+            (text, format!(" (in {path})"))
+        }
+        None => (arg.to_owned(), String::new()),
+    };
+    kcl_core::FilterCriteria::parse(&text)
+        .map_err(|e| format!("--filter{from}: {e}; see the README's \"Event filters\" for the syntax"))
 }
 
 /// Exit code when the graceful shutdown did not finish in time.
@@ -274,6 +292,9 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     }
     if let Some(ms) = args.batching_window_ms {
         config = config.batching_window(Duration::from_millis(ms));
+    }
+    if let Some(filter) = &args.filter {
+        config = config.filter(parse_filter(filter)?);
     }
     let config = config.build().map_err(WorkerError::Config)?;
 

@@ -44,4 +44,27 @@ impl StreamRecord for SimRecord {
     fn partition_key(&self) -> &str {
         &self.key
     }
+    /// Keys `{"pk": {"S": key}}`; the new image (not for a removal) and the old image (not
+    /// for an insert) hold `pk` and the version `v`.
+    fn to_filter_event(&self) -> serde_json::Value {
+        use serde_json::json;
+        let image = |v: u64| json!({"pk": {"S": self.key}, "v": {"N": v.to_string()}});
+        let mut dynamodb = json!({
+            "Keys": {"pk": {"S": self.key}},
+            "SequenceNumber": self.sequence_number.as_str(),
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        });
+        if self.kind != ChangeKind::Remove {
+            dynamodb["NewImage"] = image(self.version);
+        }
+        if self.kind != ChangeKind::Insert {
+            dynamodb["OldImage"] = image(self.version.saturating_sub(1));
+        }
+        let name = match self.kind {
+            ChangeKind::Insert => "INSERT",
+            ChangeKind::Modify => "MODIFY",
+            ChangeKind::Remove => "REMOVE",
+        };
+        json!({"eventName": name, "eventSource": "aws:dynamodb", "dynamodb": dynamodb})
+    }
 }
