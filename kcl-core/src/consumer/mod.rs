@@ -4,7 +4,9 @@
 //!
 //! The reader and the deliverer run concurrently inside the shard's task, joined by a channel
 //! of `prefetch_batches` batches: memory per shard is bounded and no extra task is spawned.
-//! How one batch is delivered under the failure policy is in [`delivery`], the reader in
+//! The deliverer of a shard without lanes is in [`single`] (with the event filter and the
+//! batching window's [`gather`]), of a shard with lanes in [`lanes`]. How one batch is
+//! delivered under the failure policy is in [`delivery`], the reader in
 //! [`read`] (its adaptive wait between empty reads in [`poll`]), and how processor calls are
 //! guarded against panics in [`guard`].
 //!
@@ -18,6 +20,7 @@ mod lanes;
 mod poll;
 mod progress;
 mod read;
+mod single;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,38 +37,13 @@ use crate::dead_letter::DeadLetterSink;
 use crate::lease::held::HeldLease;
 use crate::lease::{LeaseKey, LeaseStore, LeaseUpdate};
 use crate::metrics::Metrics;
-use crate::processor::{Batch, InitializeInput, RecordProcessor, RecordProcessorFactory};
+use crate::processor::{InitializeInput, RecordProcessor, RecordProcessorFactory};
 use crate::shard::ShardId;
 use crate::shard::lineage::first_unfinished_parent;
 use crate::source::{ShardIterator, SourceErrorKind, StartPosition, StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::{ShardState, StatusBoard};
-use gather::Gatherer;
 use guard::{Callback, guarded};
-
-/// A Rust predicate over records (see `Worker::with_record_filter`).
-pub(crate) struct RecordPredicate<R>(Arc<dyn Fn(&R) -> bool + Send + Sync>);
-
-impl<R> RecordPredicate<R> {
-    pub(crate) fn new(keep: impl Fn(&R) -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(keep))
-    }
-
-    fn keeps(&self, record: &R) -> bool {
-        (self.0)(record)
-    }
-}
-
-impl<R> Clone for RecordPredicate<R> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<R> std::fmt::Debug for RecordPredicate<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RecordPredicate(..)")
-    }
-}
+pub(crate) use single::RecordPredicate;
 
 /// What every consumer of one worker shares.
 #[derive(Debug)]
@@ -387,170 +365,6 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             %error,
             "records after this position are older than the stream's retention and are gone; resuming at the oldest retained record"
         );
-    }
-
-    async fn deliver_loop<P: RecordProcessor<S::Record>>(
-        &self,
-        held: &HeldLease,
-        processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
-        mut rx: mpsc::Receiver<Fetched<S::Record>>,
-        in_flight: &std::sync::atomic::AtomicUsize,
-    ) -> ConsumerExit {
-        let mut gather = Gatherer::new(self.config.batch_size, self.config.batching_window);
-        let mut last_processed: Option<SequenceNumber> = None;
-        let one = std::slice::from_mut(processor);
-        loop {
-            // A coalesced checkpoint is written once its interval passed, also when no batch
-            // comes any more; gathered records once their batching window passed.
-            let (flush_due, gather_due) = (checkpointer.flush_due(), gather.due());
-            let next = tokio::select! {
-                biased;
-                _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
-                () = self.stop_requested(held) => {
-                    // The partial batch first (once: a failure now stops at once).
-                    let partial = gather.take();
-                    let _ = Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed)).await;
-                    return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
-                }
-                next = rx.recv() => next,
-                () = sleep_until(gather_due) => {
-                    let due = gather.take_if_due(Instant::now());
-                    match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, due, &mut last_processed)).await {
-                        Ok(()) => continue,
-                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
-                        Err(Interrupted::Shutdown) => {
-                            return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
-                        }
-                    }
-                }
-                () = sleep_until(flush_due) => {
-                    if self.checkpointed(held, Box::pin(checkpointer.on_timer()).await).is_err() {
-                        return ConsumerExit::LeaseLost;
-                    }
-                    continue;
-                }
-            };
-            let handled = match next {
-                Some(Fetched::Records(records)) => {
-                    let read_last = records.last().map(|r| r.sequence_number().clone());
-                    let (kept, filtered) = self.filter(records);
-                    let mut result = Ok(());
-                    for batch in gather.push(kept, Instant::now()) {
-                        result = Box::pin(self.deliver_ready(
-                            held,
-                            &mut one[0],
-                            checkpointer,
-                            Some(batch),
-                            &mut last_processed,
-                        ))
-                        .await;
-                        if result.is_err() {
-                            break;
-                        }
-                    }
-                    if let (Ok(()), true, true, Some(last)) = (&result, filtered > 0, gather.is_empty(), read_last) {
-                        // The read ended in records nobody needs: the checkpoint moves past them.
-                        last_processed = Some(last.clone());
-                        result = self.checkpointed(held, checkpointer.offer(last, Trigger::Processed).await);
-                    }
-                    result
-                }
-                Some(Fetched::Undecodable(record, error)) => {
-                    let partial = gather.take();
-                    match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed))
-                        .await
-                    {
-                        Ok(()) => Box::pin(self.undecodable(held, checkpointer, record, &error)).await.map(|last| {
-                            last_processed = Some(last);
-                        }),
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(Fetched::End) => {
-                    let partial = gather.take();
-                    return match Box::pin(self.deliver_ready(
-                        held,
-                        &mut one[0],
-                        checkpointer,
-                        partial,
-                        &mut last_processed,
-                    ))
-                    .await
-                    {
-                        Ok(()) => {
-                            Box::pin(self.end_shard(held, one, std::slice::from_ref(checkpointer), checkpointer)).await
-                        }
-                        Err(Interrupted::LeaseLost) => ConsumerExit::LeaseLost,
-                        Err(Interrupted::Shutdown) => {
-                            Box::pin(self.shutdown(
-                                held,
-                                one,
-                                std::slice::from_ref(checkpointer),
-                                checkpointer,
-                                last_processed,
-                            ))
-                            .await
-                        }
-                    };
-                }
-                // The reader stopped without an end: only when interrupted.
-                None if self.is_stopping(held) => Err(Interrupted::Shutdown),
-                None => Err(Interrupted::LeaseLost),
-            };
-            match handled {
-                Ok(()) => {
-                    in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
-                Err(Interrupted::Shutdown) => {
-                    return Box::pin(self.shutdown(
-                        held,
-                        one,
-                        std::slice::from_ref(checkpointer),
-                        checkpointer,
-                        last_processed,
-                    ))
-                    .await;
-                }
-            }
-        }
-    }
-
-    /// Delivers one batch (if there is one) and offers a checkpoint after it.
-    async fn deliver_ready<P: RecordProcessor<S::Record>>(
-        &self,
-        held: &HeldLease,
-        processor: &mut P,
-        checkpointer: &LeaseCheckpointer<L>,
-        records: Option<Vec<S::Record>>,
-        last_processed: &mut Option<SequenceNumber>,
-    ) -> Result<(), Interrupted> {
-        let Some(records) = records.filter(|r| !r.is_empty()) else { return Ok(()) };
-        let batch = Batch { shard_id: held.shard_id.clone(), lag: lag_of(&records), records, lane: 0 };
-        let last = self.deliver(held, processor, checkpointer, batch).await?;
-        *last_processed = Some(last.clone());
-        self.checkpointed(held, Box::pin(checkpointer.offer(last, Trigger::Processed)).await)
-    }
-
-    /// Splits a read's records into those to deliver and those the event filter drops;
-    /// returns the kept ones and how many were dropped (counted).
-    fn filter(&self, records: Vec<S::Record>) -> (Vec<S::Record>, usize) {
-        let before = records.len();
-        let kept: Vec<S::Record> = records.into_iter().filter(|r| self.keep(r)).collect();
-        let dropped = before - kept.len();
-        (kept, dropped)
-    }
-
-    /// Whether the event filter lets `record` through (always, without a filter); a dropped
-    /// record is counted.
-    fn keep(&self, record: &S::Record) -> bool {
-        let keep = self.config.filter.as_ref().is_none_or(|f| f.matches(&record.to_filter_event()))
-            && self.record_filter.as_ref().is_none_or(|p| p.keeps(record));
-        if !keep {
-            self.metrics.records_filtered.inc();
-        }
-        keep
     }
 
     /// Judges the result of one of the worker's own checkpoints: a lost lease stops the

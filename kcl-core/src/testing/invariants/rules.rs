@@ -390,6 +390,7 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
     for key in keys {
         let mut prev: Option<&Checkpoint> = None;
         for e in &ix.leases[*key] {
+            let before = prev;
             match e.op {
                 LeaseOp::Create => {
                     prev = Some(&e.checkpoint_after);
@@ -430,7 +431,17 @@ pub(super) fn checkpoints(ix: &Index<'_>, out: &mut Vec<Violation>) {
                 let n = list.partition_point(|(at, _)| *at <= e.at);
                 Some(list.get(n.checked_sub(1)?)?.1)
             });
-            if highest.is_none_or(|h| seq > h) && passes_unfiltered(key, highest, seq) {
+            // Records up to the checkpoint this one replaces were handled (by whichever owner):
+            // beyond them and the owner's own highest, only dropped records may be passed.
+            let handled_before = match before {
+                Some(Checkpoint::At(b)) => Some(b),
+                _ => None,
+            };
+            let base = match (highest, handled_before) {
+                (Some(h), Some(b)) => Some(h.max(b)),
+                (h, b) => h.or(b),
+            };
+            if highest.is_none_or(|h| seq > h) && passes_unfiltered(key, base, seq) {
                 out.push(Violation::CheckpointBeyondDelivered {
                     key: e.key.clone(),
                     worker: owner.clone(),
