@@ -169,7 +169,7 @@ async fn reads_kcl_leases_and_writes_them_back_without_losing_attributes() {
     let renewed = applied("renew", store.renew(&taken).await);
     assert_eq!(renewed.counter, 59);
     let written =
-        applied("checkpoint", store.checkpoint(&renewed, &Checkpoint::At(seq("000000000000000000456"))).await);
+        applied("checkpoint", store.checkpoint(&renewed, &Checkpoint::At(seq("000000000000000000456")), None).await);
     assert_eq!((written.counter, written.owner_switches_since_checkpoint), (60, 0));
     assert_eq!(store.take(child, &WorkerId::new("kcl-worker-2")).await.ok(), Some(LeaseUpdate::Lost));
 
@@ -198,7 +198,7 @@ async fn reads_kcl_leases_and_writes_them_back_without_losing_attributes() {
     // A finished checkpoint supersedes KCL's pending one, as KCL does.
     let written = applied(
         "checkpoint over pending",
-        store.checkpoint(pending, &Checkpoint::At(seq("000000000000000000260"))).await,
+        store.checkpoint(pending, &Checkpoint::At(seq("000000000000000000260")), None).await,
     );
     assert_eq!(written.pending_checkpoint, None);
     let stored = raw(&client, &table, PENDING).await;

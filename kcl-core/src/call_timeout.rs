@@ -17,6 +17,7 @@ use crate::shard::ShardId;
 use crate::source::{
     RecordBatch, ShardDescription, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamSource,
 };
+use crate::window::WindowState;
 
 /// Shard listings paginate (a hundred shards a page on DynamoDB), so they get this many
 /// times the per-call limit.
@@ -73,8 +74,13 @@ impl<L: LeaseStore> LeaseStore for TimedStore<L> {
         self.limited("take", self.inner.take(expected, new_owner)).await
     }
 
-    async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
-        self.limited("checkpoint", self.inner.checkpoint(expected, checkpoint)).await
+    async fn checkpoint(
+        &self,
+        expected: &Lease,
+        checkpoint: &Checkpoint,
+        window: Option<&WindowState>,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.limited("checkpoint", self.inner.checkpoint(expected, checkpoint, window)).await
     }
 
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
@@ -172,7 +178,12 @@ mod tests {
         async fn take(&self, _: &Lease, _: &WorkerId) -> Result<LeaseUpdate, LeaseStoreError> {
             std::future::pending().await
         }
-        async fn checkpoint(&self, _: &Lease, _: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
+        async fn checkpoint(
+            &self,
+            _: &Lease,
+            _: &Checkpoint,
+            _: Option<&WindowState>,
+        ) -> Result<LeaseUpdate, LeaseStoreError> {
             std::future::pending().await
         }
         async fn release(&self, _: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

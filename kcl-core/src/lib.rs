@@ -30,6 +30,7 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod window;
 pub mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
@@ -50,4 +51,5 @@ pub use source::{
     StreamSource, UndecodableRecord,
 };
 pub use status::{ShardState, ShardStatus, WorkerStatus};
+pub use window::{WindowEnd, WindowEndReason, WindowState};
 pub use worker::{ShutdownOutcome, Worker, WorkerHandle};

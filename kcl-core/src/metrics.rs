@@ -11,6 +11,8 @@ pub struct Metrics {
     pub(crate) records_processed: IntCounter,
     /// Records a configured filter left out: not delivered, checkpointed past.
     pub(crate) records_filtered: IntCounter,
+    /// Tumbling windows ended, by reason (elapsed, shard_ended, state_too_large).
+    pub(crate) windows_closed: IntCounterVec,
     pub(crate) batches: IntCounterVec,
     /// `batches{result="ok"}`, resolved once (the hot path).
     pub(crate) batches_ok: IntCounter,
@@ -69,6 +71,14 @@ impl Metrics {
                 "kcl_records_filtered_total",
                 "Records that matched none of the configured filter patterns: not delivered to process_records, \
                  and the checkpoint moves past them",
+            )?,
+            windows_closed: IntCounterVec::new(
+                Opts::new(
+                    "kcl_windows_closed_total",
+                    "Tumbling windows whose final call (window_ended) returned, by reason (elapsed, shard_ended, \
+                     state_too_large: the processor returned a state too large to store with the checkpoint)",
+                ),
+                &["reason"],
             )?,
             batches,
             batch_seconds: Histogram::with_opts(
@@ -172,6 +182,7 @@ impl Metrics {
         };
         registry.register(Box::new(m.records_processed.clone()))?;
         registry.register(Box::new(m.records_filtered.clone()))?;
+        registry.register(Box::new(m.windows_closed.clone()))?;
         registry.register(Box::new(m.stalled_shards.clone()))?;
         registry.register(Box::new(m.shards_without_children.clone()))?;
         registry.register(Box::new(m.processor_panics.clone()))?;

@@ -50,6 +50,7 @@ use std::time::Duration;
 use crate::checkpoint::{Checkpoint, Checkpointer, SequenceNumber};
 use crate::shard::ShardId;
 use crate::source::StreamRecord;
+use crate::window::{WindowEnd, WindowState};
 
 /// Handed to [`RecordProcessor::initialize`].
 #[derive(Clone, Debug)]
@@ -153,6 +154,50 @@ pub trait RecordProcessor<R: StreamRecord>: Send + 'static {
     fn shutdown_requested(&mut self, checkpointer: &impl Checkpointer) -> impl Future<Output = ()> + Send {
         let _ = checkpointer;
         async {}
+    }
+
+    /// With [`tumbling_window`](crate::ConfigBuilder::tumbling_window) set, called instead of
+    /// `process_records`: handles one batch, all of whose records belong to `window`, given
+    /// the state the previous call of this window returned (empty at its start), and returns
+    /// the window's new state. The worker stores the state with the checkpoint after the
+    /// batch, so there is no checkpointer here; a failed call is retried with the state it
+    /// had. See [`crate::window`].
+    ///
+    /// Default: `process_records` (whose checkpoint calls then succeed without a write: the
+    /// worker checkpoints after the batch anyway), keeping the state as it was.
+    fn process_window(
+        &mut self,
+        batch: &Batch<R>,
+        window: &WindowState,
+    ) -> impl Future<Output = Result<Vec<u8>, ProcessorError>> + Send {
+        async move {
+            self.process_records(batch, &WorkerCheckpoints).await?;
+            Ok(window.state.clone())
+        }
+    }
+
+    /// The final call of a tumbling window (Lambda: `isFinalInvokeForWindow`), with the state
+    /// its last batch returned, before any record of a later window. An `Err` (or a panic) is
+    /// retried with backoff until it succeeds: records of later windows wait, as Lambda's do.
+    fn window_ended(&mut self, end: &WindowEnd) -> impl Future<Output = Result<(), ProcessorError>> + Send {
+        let _ = end;
+        async { Ok(()) }
+    }
+}
+
+/// The checkpointer handed to `process_records` by the default `process_window`: with
+/// tumbling windows the worker checkpoints after each batch, with the window's state, so a
+/// call here is accepted and needs no write of its own.
+#[derive(Debug)]
+struct WorkerCheckpoints;
+
+impl Checkpointer for WorkerCheckpoints {
+    async fn checkpoint(&self) -> Result<(), crate::checkpoint::CheckpointError> {
+        Ok(())
+    }
+
+    async fn checkpoint_at(&self, _: &SequenceNumber) -> Result<(), crate::checkpoint::CheckpointError> {
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@ mod broken_stores {
 
     use kcl_core::testing::contract::lease_store;
     use kcl_core::testing::memory_store::MemoryLeaseStore;
-    use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
+    use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WindowState, WorkerId};
 
     /// One bug of a lease table adapter.
     #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +55,8 @@ mod broken_stores {
         ReordersParents,
         /// A handoff request bumps the heartbeat's counter (its owner's renewal then fails).
         HandoffRequestBumpsCounter,
+        /// A take drops the tumbling window (the next owner would start it over).
+        TakeDropsWindow,
     }
 
     #[derive(Clone, Debug)]
@@ -128,12 +130,22 @@ mod broken_stores {
                     self.inner.seed(l.clone());
                     Ok(LeaseUpdate::Applied(l))
                 }
+                LeaseUpdate::Applied(mut l) if self.bug == Bug::TakeDropsWindow => {
+                    l.window = None;
+                    self.inner.seed(l.clone());
+                    Ok(LeaseUpdate::Applied(l))
+                }
                 other => Ok(self.fix_update(other)),
             }
         }
 
-        async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
-            let update = self.inner.checkpoint(&self.as_stored(expected), checkpoint).await?;
+        async fn checkpoint(
+            &self,
+            expected: &Lease,
+            checkpoint: &Checkpoint,
+            window: Option<&WindowState>,
+        ) -> Result<LeaseUpdate, LeaseStoreError> {
+            let update = self.inner.checkpoint(&self.as_stored(expected), checkpoint, window).await?;
             match update {
                 LeaseUpdate::Applied(mut l) if self.bug == Bug::KeepsSwitchesOnCheckpoint => {
                     l.owner_switches_since_checkpoint = expected.owner_switches_since_checkpoint;
@@ -234,6 +246,10 @@ mod broken_stores {
         async fn delete(s: Broken) {
             lease_store::check_delete(&s).await
         }
+        async fn window(s: Broken) {
+            lease_store::check_checkpoint_window(&s).await
+        }
+        assert_caught(Bug::TakeDropsWindow, window, "checkpoint_window").await;
         assert_caught(Bug::IgnoresOwner, renew, "renew").await;
         assert_caught(Bug::IgnoresOwner, delete, "delete").await;
         assert_caught(Bug::AlwaysCountsSwitch, take, "take").await;

@@ -2,8 +2,13 @@
 
 use std::collections::HashMap;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use kcl_core::{Checkpoint, HandoffRequest, Lease, LeaseKey, LeaseStoreError, LeaseStoreErrorKind, ShardId, WorkerId};
+use kcl_core::{
+    Checkpoint, HandoffRequest, Lease, LeaseKey, LeaseStoreError, LeaseStoreErrorKind, ShardId, WindowState, WorkerId,
+};
 
 /// Attribute names of the lease table, as Java KCL (with the DynamoDB Streams adapter) writes
 /// them, so a table written by KCL can be continued from its checkpoints.
@@ -34,6 +39,13 @@ pub mod attribute {
     /// asking this one to hand leases over, named by the asking worker's id, with how many;
     /// absent when there are none.
     pub const HANDOFF_REQUEST_PREFIX: &str = "handoffRequest:";
+    /// N (not a KCL attribute): start of the open tumbling window, in milliseconds since
+    /// the Unix epoch; written with each checkpoint, absent without tumbling windows.
+    pub const WINDOW_START: &str = "tumblingWindowStart";
+    /// N: end of the open tumbling window (exclusive), in milliseconds since the Unix epoch.
+    pub const WINDOW_END: &str = "tumblingWindowEnd";
+    /// B: the open tumbling window's state, as the processor returned it; absent when empty.
+    pub const WINDOW_STATE: &str = "tumblingWindowState";
 }
 
 use attribute as a;
@@ -62,7 +74,26 @@ pub(crate) fn to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
     for r in &lease.handoff_requests {
         item.insert(request_attribute(&r.from), number(u64::from(r.leases)));
     }
+    if let Some(window) = &lease.window {
+        item.extend(window_attributes(window));
+    }
     item
+}
+
+/// The attributes that store a tumbling window (the state is left out when empty).
+pub(crate) fn window_attributes(window: &WindowState) -> Vec<(String, AttributeValue)> {
+    let mut out = vec![
+        (a::WINDOW_START.to_owned(), number(epoch_millis(window.start))),
+        (a::WINDOW_END.to_owned(), number(epoch_millis(window.end))),
+    ];
+    if !window.state.is_empty() {
+        out.push((a::WINDOW_STATE.to_owned(), AttributeValue::B(Blob::new(window.state.clone()))));
+    }
+    out
+}
+
+fn epoch_millis(t: SystemTime) -> u64 {
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The attribute holding `from`'s handoff request on a heartbeat.
@@ -134,6 +165,19 @@ pub(crate) fn from_item(table: &str, item: &HashMap<String, AttributeValue>) -> 
     let Some(current) = checkpoint(a::CHECKPOINT, item.get(a::CHECKPOINT))? else {
         return Err(bad(a::CHECKPOINT, "a string (S)", None));
     };
+    let window = match (item.get(a::WINDOW_START), item.get(a::WINDOW_STATE)) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(bad(a::WINDOW_START, "a number (N) beside the window state", None)),
+        (Some(_), state) => {
+            let millis = |attr: &str| counter(attr, true).map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+            let state = match state {
+                None => Vec::new(),
+                Some(AttributeValue::B(b)) => b.clone().into_inner(),
+                other => return Err(bad(a::WINDOW_STATE, "binary data (B)", other)),
+            };
+            Some(Box::new(WindowState::new(millis(a::WINDOW_START)?, millis(a::WINDOW_END)?, state)))
+        }
+    };
     Ok(Lease {
         key: LeaseKey::from_raw(&key),
         owner,
@@ -144,6 +188,7 @@ pub(crate) fn from_item(table: &str, item: &HashMap<String, AttributeValue>) -> 
         child_shard_ids: shard_set(a::CHILD_SHARD_IDS)?,
         owner_switches_since_checkpoint: counter(a::OWNER_SWITCHES_SINCE_CHECKPOINT, false)?,
         handoff_requests: handoff_requests(table, &key, item)?,
+        window,
     })
 }
 

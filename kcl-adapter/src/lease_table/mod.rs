@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
+use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WindowState, WorkerId};
 
 use crate::error::{code_of, lease_error};
 use attribute as a;
@@ -39,7 +39,7 @@ pub struct DynamoLeaseStore {
 enum Change<'a> {
     Renew,
     Take(&'a WorkerId),
-    Checkpoint(&'a Checkpoint),
+    Checkpoint(&'a Checkpoint, Option<&'a WindowState>),
     Release,
 }
 
@@ -109,7 +109,7 @@ impl DynamoLeaseStore {
                     "SET #owner = :new_owner, #counter = :next_counter ADD #switches :one".to_owned()
                 }
             }
-            Change::Checkpoint(checkpoint) => {
+            Change::Checkpoint(checkpoint, window) => {
                 name("#checkpoint", a::CHECKPOINT);
                 name("#sub", a::CHECKPOINT_SUB_SEQUENCE_NUMBER);
                 name("#switches", a::OWNER_SWITCHES_SINCE_CHECKPOINT);
@@ -118,10 +118,34 @@ impl DynamoLeaseStore {
                 name("#pending_state", a::PENDING_CHECKPOINT_STATE);
                 values.insert(":checkpoint".to_owned(), AttributeValue::S(checkpoint.to_store_string()));
                 values.insert(":zero".to_owned(), item::number(0));
+                name("#window_start", a::WINDOW_START);
+                name("#window_end", a::WINDOW_END);
+                name("#window_state", a::WINDOW_STATE);
+                // The tumbling window goes with the checkpoint, in the same write (or away).
+                let (mut set, mut remove) = (String::new(), vec!["#pending", "#pending_sub", "#pending_state"]);
+                match window {
+                    None => remove.extend(["#window_start", "#window_end", "#window_state"]),
+                    Some(w) => {
+                        for (attr, value) in item::window_attributes(w) {
+                            let placeholder = match attr.as_str() {
+                                a::WINDOW_START => "window_start",
+                                a::WINDOW_END => "window_end",
+                                _ => "window_state",
+                            };
+                            set.push_str(&format!(", #{placeholder} = :{placeholder}"));
+                            values.insert(format!(":{placeholder}"), value);
+                        }
+                        if w.state.is_empty() {
+                            remove.push("#window_state");
+                        }
+                    }
+                }
                 // A finished checkpoint supersedes a pending one, as in Java KCL.
-                "SET #checkpoint = :checkpoint, #sub = :zero, #switches = :zero, #counter = :next_counter \
-                 REMOVE #pending, #pending_sub, #pending_state"
-                    .to_owned()
+                format!(
+                    "SET #checkpoint = :checkpoint, #sub = :zero, #switches = :zero, #counter = :next_counter{set} \
+                     REMOVE {}",
+                    remove.join(", ")
+                )
             }
             Change::Release => "SET #counter = :next_counter REMOVE #owner".to_owned(),
         };
@@ -236,8 +260,13 @@ impl LeaseStore for DynamoLeaseStore {
         self.update("take", expected, Change::Take(new_owner)).await
     }
 
-    async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
-        self.update("checkpoint", expected, Change::Checkpoint(checkpoint)).await
+    async fn checkpoint(
+        &self,
+        expected: &Lease,
+        checkpoint: &Checkpoint,
+        window: Option<&WindowState>,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
+        self.update("checkpoint", expected, Change::Checkpoint(checkpoint, window)).await
     }
 
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {

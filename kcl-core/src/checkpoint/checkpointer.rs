@@ -15,6 +15,7 @@ use crate::config::CheckpointPolicy;
 use crate::lease::held::HeldLease;
 use crate::lease::{LeaseStore, LeaseStoreError, LeaseUpdate};
 use crate::metrics::Metrics;
+use crate::window::{WindowSlot, WindowState};
 
 /// Why a checkpoint was refused.
 #[derive(Debug, thiserror::Error)]
@@ -84,13 +85,17 @@ pub(crate) struct LeaseCheckpointer<S> {
     policy: CheckpointPolicy,
     interval: Duration,
     coalesced: Mutex<Coalesced>,
+    /// The shard's tumbling windows, when configured: the open window is stored with every
+    /// checkpoint, as it was when the checkpoint was recorded.
+    windows: Option<WindowSlot>,
 }
 
 /// What is recorded but not written yet.
 #[derive(Debug)]
 struct Coalesced {
-    /// The checkpoint to write with the next write.
-    pending: Option<SequenceNumber>,
+    /// The checkpoint to write with the next write, with the open tumbling window as it was
+    /// when the checkpoint was recorded.
+    pending: Option<(SequenceNumber, Option<WindowState>)>,
     /// When the last write was attempted (or the checkpointer made).
     last_attempt: Instant,
 }
@@ -104,7 +109,20 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         interval: Duration,
     ) -> Self {
         let coalesced = Mutex::new(Coalesced { pending: None, last_attempt: Instant::now() });
-        Self { store, held, metrics, last_delivered: Mutex::new(None), policy, interval, coalesced }
+        let last_delivered = Mutex::new(None);
+        Self { store, held, metrics, last_delivered, policy, interval, coalesced, windows: None }
+    }
+
+    /// With tumbling windows: the checkpointer stores `windows`' open window with each
+    /// checkpoint.
+    pub(crate) fn with_windows(mut self, windows: WindowSlot) -> Self {
+        self.windows = Some(windows);
+        self
+    }
+
+    /// The shard's tumbling windows, when configured.
+    pub(crate) fn windows(&self) -> Option<&WindowSlot> {
+        self.windows.as_ref()
     }
 
     fn coalesced(&self) -> std::sync::MutexGuard<'_, Coalesced> {
@@ -144,18 +162,20 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         c.pending.as_ref().map(|_| c.last_attempt + self.interval)
     }
 
-    /// Records `seq` as pending (checkpoints only move forward: the later of the two stays).
+    /// Records `seq` as pending, with the open window as it is now (checkpoints only move
+    /// forward: the later of the two stays; at the same position, the newer window).
     fn record(&self, seq: SequenceNumber) {
+        let window = self.windows.as_ref().and_then(WindowSlot::snapshot);
         let mut c = self.coalesced();
         match &c.pending {
-            Some(p) => {
+            Some((p, _)) => {
                 // The earlier of the two will never be written on its own.
                 self.metrics.checkpoints_coalesced.inc();
-                if seq > *p {
-                    c.pending = Some(seq);
+                if seq >= *p {
+                    c.pending = Some((seq, window));
                 }
             }
-            None => c.pending = Some(seq),
+            None => c.pending = Some((seq, window)),
         }
     }
 
@@ -167,11 +187,14 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
             c.last_attempt = Instant::now();
             c.pending.take()
         };
-        let Some(seq) = pending else { return Ok(()) };
-        let result = self.write(Checkpoint::At(seq.clone())).await;
+        let Some((seq, window)) = pending else { return Ok(()) };
+        let result = self.write(Checkpoint::At(seq.clone()), window.clone()).await;
         // Under the processor's policy the failed call's answer tells the processor instead.
         if let (Err(CheckpointError::Store(_)), CheckpointPolicy::Interval) = (&result, self.policy) {
-            self.record(seq);
+            let mut c = self.coalesced();
+            if c.pending.as_ref().is_none_or(|(p, _)| seq > *p) {
+                c.pending = Some((seq, window));
+            }
         }
         result
     }
@@ -195,15 +218,19 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
         self.last_delivered.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Writes `checkpoint` conditionally, at once; shared by [`Self::flush`] and the
-    /// consumer's own SHARD_END checkpoint.
-    pub(crate) async fn write(&self, checkpoint: Checkpoint) -> Result<(), CheckpointError> {
+    /// Writes `checkpoint` with the tumbling window `window` (none: removed) conditionally, at
+    /// once; shared by [`Self::flush`] and the consumer's own SHARD_END checkpoint.
+    pub(crate) async fn write(
+        &self,
+        checkpoint: Checkpoint,
+        window: Option<WindowState>,
+    ) -> Result<(), CheckpointError> {
         let lost = || CheckpointError::LeaseLost { shard: self.held.shard_id.to_string() };
         if self.held.is_lost() {
             return Err(lost());
         }
         let mut lease = self.held.lock().await;
-        if lease.checkpoint == checkpoint {
+        if lease.checkpoint == checkpoint && lease.window.as_deref() == window.as_ref() {
             return Ok(());
         }
         if !lease.checkpoint.may_advance_to(&checkpoint) {
@@ -216,7 +243,7 @@ impl<S: LeaseStore> LeaseCheckpointer<S> {
                 _ => Ok(()),
             };
         }
-        match self.store.checkpoint(&lease, &checkpoint).await {
+        match self.store.checkpoint(&lease, &checkpoint, window.as_ref()).await {
             Ok(LeaseUpdate::Applied(updated)) => {
                 *lease = updated;
                 self.metrics.checkpoints.with_label_values(&["ok"]).inc();

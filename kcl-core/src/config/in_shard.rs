@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigBuilder, ConfigError};
+use super::{CheckpointPolicy, Config, ConfigBuilder, ConfigError};
+use crate::window::{MAX_TUMBLING_WINDOW, MIN_TUMBLING_WINDOW};
 
 /// Default lanes per shard: 1 (records delivered one batch at a time, as before).
 pub const DEFAULT_PARALLELISM: usize = 1;
@@ -63,7 +64,27 @@ impl ConfigBuilder {
     }
 }
 
+impl ConfigBuilder {
+    /// Tumbling windows of this length (Lambda: `TumblingWindowInSeconds`), from
+    /// [`MIN_TUMBLING_WINDOW`] to [`MAX_TUMBLING_WINDOW`]. Default: none. The processor's
+    /// [`process_window`](crate::RecordProcessor::process_window) then gets each window's
+    /// records with the state the previous batch returned, and
+    /// [`window_ended`](crate::RecordProcessor::window_ended) gets the final state; the state
+    /// is stored with the checkpoint, so the next owner of the shard continues it (see
+    /// [`crate::window`]). Needs [`parallelism`](Self::parallelism) 1 and the automatic
+    /// [`CheckpointPolicy::Interval`](crate::CheckpointPolicy::Interval).
+    pub fn tumbling_window(mut self, window: Duration) -> Self {
+        self.config.tumbling_window = Some(window);
+        self
+    }
+}
+
 impl Config {
+    /// The tumbling window's length, when set.
+    pub fn tumbling_window(&self) -> Option<Duration> {
+        self.tumbling_window
+    }
+
     /// Lanes per shard.
     pub fn parallelism(&self) -> usize {
         self.parallelism
@@ -77,6 +98,7 @@ pub(super) fn check(c: &Config) -> Option<ConfigError> {
     };
     range("parallelism", c.parallelism, 1, MAX_PARALLELISM)
         .or_else(|| range("batch_size", c.batch_size, 1, MAX_BATCH_SIZE))
+        .or_else(|| check_tumbling_window(c))
         .or_else(|| {
             (c.batching_window > MAX_BATCHING_WINDOW).then_some(ConfigError::Inverted {
                 smaller: "batching_window",
@@ -85,6 +107,36 @@ pub(super) fn check(c: &Config) -> Option<ConfigError> {
                 larger_value: MAX_BATCHING_WINDOW + Duration::from_nanos(1),
             })
         })
+}
+
+/// A tumbling window's length and the settings it needs.
+fn check_tumbling_window(c: &Config) -> Option<ConfigError> {
+    let window = c.tumbling_window?;
+    let out_of_range = |smaller, smaller_value, larger, larger_value| {
+        Some(ConfigError::Inverted { smaller, smaller_value, larger, larger_value })
+    };
+    if window < MIN_TUMBLING_WINDOW {
+        return out_of_range("its minimum", MIN_TUMBLING_WINDOW - Duration::from_nanos(1), "tumbling_window", window);
+    }
+    if window > MAX_TUMBLING_WINDOW {
+        return out_of_range("tumbling_window", window, "its limit", MAX_TUMBLING_WINDOW + Duration::from_nanos(1));
+    }
+    if c.parallelism > 1 {
+        return Some(ConfigError::Conflict {
+            setting: "tumbling_window",
+            other: "parallelism above 1",
+            why: "a window's state is kept per shard, not per lane; set parallelism to 1",
+        });
+    }
+    if c.checkpoint_policy == CheckpointPolicy::Processor {
+        return Some(ConfigError::Conflict {
+            setting: "tumbling_window",
+            other: "CheckpointPolicy::Processor",
+            why: "the worker stores the window's state with the checkpoint it writes after each batch; \
+                  use CheckpointPolicy::Interval (the default)",
+        });
+    }
+    None
 }
 
 #[cfg(test)]
@@ -111,5 +163,31 @@ mod tests {
         }
         let c = Config::builder("a").parallelism(10).batch_size(10_000).batching_window(MAX_BATCHING_WINDOW).build();
         assert!(c.is_ok());
+    }
+
+    #[test]
+    fn tumbling_windows_range_and_conflicts() {
+        let s = Duration::from_secs;
+        let cases = [
+            (Config::builder("a").tumbling_window(Duration::from_millis(999)), "must be less than tumbling_window"),
+            (Config::builder("a").tumbling_window(s(901)), "tumbling_window (901s) must be less than its limit"),
+            (
+                Config::builder("a").tumbling_window(s(60)).parallelism(2),
+                "tumbling_window cannot be used with parallelism above 1: a window's state is kept per shard",
+            ),
+            (
+                Config::builder("a").tumbling_window(s(60)).checkpoint_policy(CheckpointPolicy::Processor),
+                "tumbling_window cannot be used with CheckpointPolicy::Processor",
+            ),
+        ];
+        for (builder, want) in cases {
+            let msg = builder.build().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(want), "got {msg:?}, want {want:?}");
+        }
+        for ok in [s(1), s(900)] {
+            let c = Config::builder("a").tumbling_window(ok).build().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.tumbling_window(), Some(ok));
+        }
+        assert_eq!(Config::builder("a").build().map(|c| c.tumbling_window()).ok(), Some(None));
     }
 }

@@ -174,6 +174,16 @@ pub enum ConfigError {
         /// Its value.
         larger_value: Duration,
     },
+    /// Two settings cannot be used together.
+    #[error("{setting} cannot be used with {other}: {why}")]
+    Conflict {
+        /// The setting.
+        setting: &'static str,
+        /// The setting it conflicts with, as set.
+        other: &'static str,
+        /// Why, and what to do.
+        why: &'static str,
+    },
     /// A count is out of range.
     #[error("{name} is {value}: it must be between {min} and {max}")]
     OutOfRange {
@@ -203,6 +213,7 @@ pub struct Config {
     pub(crate) idle_active_window: Duration,
     pub(crate) checkpoint_policy: CheckpointPolicy,
     pub(crate) checkpoint_interval: Duration,
+    pub(crate) tumbling_window: Option<Duration>,
     pub(crate) max_records_per_read: usize,
     pub(crate) prefetch_batches: usize,
     pub(crate) max_leases_per_worker: usize,
@@ -243,6 +254,7 @@ impl Config {
                 idle_active_window: DEFAULT_IDLE_ACTIVE_WINDOW,
                 checkpoint_policy: CheckpointPolicy::Interval,
                 checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+                tumbling_window: None,
                 max_records_per_read: DEFAULT_MAX_RECORDS_PER_READ,
                 prefetch_batches: DEFAULT_PREFETCH_BATCHES,
                 max_leases_per_worker: DEFAULT_MAX_LEASES_PER_WORKER,

@@ -19,6 +19,7 @@ use crate::lease::held::HeldLease;
 use crate::processor::{Batch, RecordProcessor};
 use crate::source::{StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::ShardState;
+use crate::window::WindowSlot;
 
 /// What became of one attempt at a part of a batch.
 enum Attempt {
@@ -76,16 +77,27 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         let Some(last) = part.last_sequence_number().cloned() else { return Ok(Attempt::Done) };
         checkpointer.delivered(last.clone());
         let started = Instant::now();
-        let call = self.call(&held.shard_id, Callback::ProcessRecords, processor.process_records(&part, checkpointer));
-        let panicked =
-            |p: super::guard::Panicked| crate::processor::ProcessorError::new(format!("process_records {p}"));
+        let windows = checkpointer.windows();
+        let (callback, name) = match windows {
+            None => (Callback::ProcessRecords, "process_records"),
+            Some(_) => (Callback::ProcessWindow, "process_window"),
+        };
+        // With tumbling windows the call takes the open window's state and returns the next.
+        let window = windows.and_then(WindowSlot::snapshot);
+        let call = self.call(&held.shard_id, callback, async {
+            match &window {
+                None => processor.process_records(&part, checkpointer).await.map(|()| None),
+                Some(w) => processor.process_window(&part, w).await.map(Some),
+            }
+        });
+        let panicked = |p: super::guard::Panicked| crate::processor::ProcessorError::new(format!("{name} {p}"));
         let result = match self.config.processing_timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(r) => r.unwrap_or_else(|p| Err(panicked(p))),
                 Err(_) => {
                     self.metrics.processing_timeouts.inc();
                     Err(crate::processor::ProcessorError::new(format!(
-                        "process_records did not return within {limit:?} and was cancelled"
+                        "{name} did not return within {limit:?} and was cancelled"
                     )))
                 }
             },
@@ -93,7 +105,10 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         };
         self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         let error = match result {
-            Ok(()) => {
+            Ok(state) => {
+                if let (Some(slot), Some(state)) = (windows, state) {
+                    self.window_state(held, processor, slot, state).await?;
+                }
                 self.metrics.batches_ok.inc();
                 self.metrics.records_processed.inc_by(part.records.len() as u64);
                 self.status.processed(&held.shard_id, part.records.len() as u64, last, part.lag);
@@ -108,7 +123,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             s.last_error = Some(shown);
         });
         let attempts = attempts + 1;
-        if let Some(first_failed) = error.first_failed().cloned() {
+        // With tumbling windows a partial failure counts as a failure of the whole call: the
+        // state returned with it is not the state of the handled part.
+        if let (Some(first_failed), None) = (error.first_failed().cloned(), windows) {
             // Partial batch failure: everything before `first_failed` is handled.
             let done = part.records.iter().take_while(|r| *r.sequence_number() < first_failed).count();
             if done > 0 {

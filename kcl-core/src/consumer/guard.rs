@@ -16,6 +16,8 @@ pub(crate) enum Callback {
     ShardEnded,
     ShutdownRequested,
     LeaseLost,
+    ProcessWindow,
+    WindowEnded,
 }
 
 impl Callback {
@@ -26,6 +28,8 @@ impl Callback {
             Callback::ShardEnded => "shard_ended",
             Callback::ShutdownRequested => "shutdown_requested",
             Callback::LeaseLost => "lease_lost",
+            Callback::ProcessWindow => "process_window",
+            Callback::WindowEnded => "window_ended",
         }
     }
 }
@@ -84,8 +88,19 @@ mod tests {
             Callback::ShardEnded,
             Callback::ShutdownRequested,
             Callback::LeaseLost,
+            Callback::ProcessWindow,
+            Callback::WindowEnded,
         ];
         let labels: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
-        assert_eq!(labels, ["initialize", "process_records", "shard_ended", "shutdown_requested", "lease_lost"]);
+        let want = [
+            "initialize",
+            "process_records",
+            "shard_ended",
+            "shutdown_requested",
+            "lease_lost",
+            "process_window",
+            "window_ended",
+        ];
+        assert_eq!(labels, want);
     }
 }

@@ -21,6 +21,7 @@ mod poll;
 mod progress;
 mod read;
 mod single;
+mod windows;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,7 @@ use crate::shard::ShardId;
 use crate::shard::lineage::first_unfinished_parent;
 use crate::source::{ShardIterator, SourceErrorKind, StartPosition, StreamRecord, StreamSource, UndecodableRecord};
 use crate::status::{ShardState, StatusBoard};
+use crate::window::{Tumbling, WindowSlot};
 use guard::{Callback, guarded};
 pub(crate) use single::RecordPredicate;
 
@@ -182,6 +184,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             self.config.checkpoint_policy,
             self.config.checkpoint_interval,
         );
+        // Tumbling windows go on from the window stored with the checkpoint.
+        let checkpointer = match self.config.tumbling_window {
+            Some(size) => {
+                let stored = held.lock().await.window.as_deref().cloned();
+                checkpointer.with_windows(WindowSlot::new(Tumbling::new(size, stored, Instant::now())))
+            }
+            None => checkpointer,
+        };
         let checkpoint = checkpointer.current().await;
         self.status.update(&shard, |s| {
             s.state = ShardState::Processing;
@@ -421,7 +431,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         }
         let mut backoff = self.backoff();
         loop {
-            match checkpointer.write(Checkpoint::ShardEnd).await {
+            match checkpointer.write(Checkpoint::ShardEnd, None).await {
                 Ok(()) => break,
                 Err(CheckpointError::LeaseLost { .. }) => return ConsumerExit::LeaseLost,
                 Err(e) => {

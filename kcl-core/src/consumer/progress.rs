@@ -6,6 +6,7 @@ use std::future::Future;
 use crate::checkpoint::policy::Trigger;
 use crate::checkpoint::{CheckpointError, Checkpointer, LeaseCheckpointer, SequenceNumber};
 use crate::lease::LeaseStore;
+use crate::window::WindowSlot;
 
 /// What delivery needs of a checkpointer besides the processor's [`Checkpointer`].
 pub(super) trait Progress: Checkpointer {
@@ -15,6 +16,11 @@ pub(super) trait Progress: Checkpointer {
     /// Every record up to `seq` (of this lane) is handled: offer a checkpoint, which the
     /// policy writes now, coalesces or drops.
     fn offer(&self, seq: SequenceNumber, trigger: Trigger) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+
+    /// The shard's tumbling windows, when configured (never with lanes).
+    fn windows(&self) -> Option<&WindowSlot> {
+        None
+    }
 }
 
 impl<L: LeaseStore> Progress for LeaseCheckpointer<L> {
@@ -24,5 +30,9 @@ impl<L: LeaseStore> Progress for LeaseCheckpointer<L> {
 
     fn offer(&self, seq: SequenceNumber, trigger: Trigger) -> impl Future<Output = Result<(), CheckpointError>> + Send {
         LeaseCheckpointer::offer(self, seq, trigger)
+    }
+
+    fn windows(&self) -> Option<&WindowSlot> {
+        LeaseCheckpointer::windows(self)
     }
 }

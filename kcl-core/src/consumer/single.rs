@@ -58,6 +58,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             // A coalesced checkpoint is written once its interval passed, also when no batch
             // comes any more; gathered records once their batching window passed.
             let (flush_due, gather_due) = (checkpointer.flush_due(), gather.due());
+            let window_due = checkpointer.windows().and_then(|w| w.lock().close_due());
             let next = tokio::select! {
                 biased;
                 _ = held.lost_token().cancelled() => return ConsumerExit::LeaseLost,
@@ -84,10 +85,33 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     }
                     continue;
                 }
+                () = sleep_until(window_due) => {
+                    // A tumbling window's time is over: what is gathered first, then its end.
+                    let partial = gather.take();
+                    let closed = match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed)).await {
+                        Ok(()) => match checkpointer.windows() {
+                            Some(slot) => Box::pin(self.close_if_over(held, &mut one[0], checkpointer, slot, last_processed.as_ref())).await,
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    match closed {
+                        Ok(()) => continue,
+                        Err(Interrupted::LeaseLost) => return ConsumerExit::LeaseLost,
+                        Err(Interrupted::Shutdown) => {
+                            return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
+                        }
+                    }
+                }
             };
             let handled = match next {
                 Some(Fetched::Records(records)) => {
                     let read_last = records.last().map(|r| r.sequence_number().clone());
+                    if let (Some(slot), Some(t)) =
+                        (checkpointer.windows(), records.last().and_then(StreamRecord::approximate_creation_time))
+                    {
+                        slot.lock().saw(t, Instant::now());
+                    }
                     let (kept, filtered) = self.filter(records);
                     let mut result = Ok(());
                     for batch in gather.push(kept, Instant::now()) {
@@ -123,15 +147,14 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                 }
                 Some(Fetched::End) => {
                     let partial = gather.take();
-                    return match Box::pin(self.deliver_ready(
-                        held,
-                        &mut one[0],
-                        checkpointer,
-                        partial,
-                        &mut last_processed,
-                    ))
-                    .await
-                    {
+                    let delivered =
+                        Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed))
+                            .await;
+                    let ended = match (delivered, checkpointer.windows()) {
+                        (Ok(()), Some(slot)) => Box::pin(self.end_windows(held, &mut one[0], slot)).await,
+                        (result, _) => result,
+                    };
+                    return match ended {
                         Ok(()) => {
                             Box::pin(self.end_shard(held, one, std::slice::from_ref(checkpointer), checkpointer)).await
                         }
@@ -181,6 +204,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         last_processed: &mut Option<SequenceNumber>,
     ) -> Result<(), Interrupted> {
         let Some(records) = records.filter(|r| !r.is_empty()) else { return Ok(()) };
+        if let Some(slot) = checkpointer.windows() {
+            return self.deliver_windows(held, processor, checkpointer, slot, records, last_processed).await;
+        }
         let batch = Batch { shard_id: held.shard_id.clone(), lag: lag_of(&records), records, lane: 0 };
         let last = self.deliver(held, processor, checkpointer, batch).await?;
         *last_processed = Some(last.clone());

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::shard::ShardId;
+use crate::window::WindowState;
 
 /// Identifies a worker: the value written as a lease's owner.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +125,9 @@ pub struct Lease {
     /// request per asking worker (see [`LeaseStore::request_handoff`]). Always empty on a
     /// shard lease.
     pub handoff_requests: Vec<HandoffRequest>,
+    /// The open tumbling window and its state, stored with the checkpoint (see
+    /// [`crate::window`]); `None` without tumbling windows. Boxed: most leases have none.
+    pub window: Option<Box<WindowState>>,
 }
 
 /// Another worker's request, on a heartbeat, for some of its owner's leases.
@@ -156,6 +160,7 @@ impl Lease {
             child_shard_ids: Vec::new(),
             owner_switches_since_checkpoint: 0,
             handoff_requests: Vec::new(),
+            window: None,
         }
     }
 

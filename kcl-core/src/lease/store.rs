@@ -4,6 +4,7 @@ use std::future::Future;
 
 use super::{Lease, LeaseKey, WorkerId};
 use crate::checkpoint::Checkpoint;
+use crate::window::WindowState;
 
 /// The outcome of a conditional write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,12 +122,14 @@ pub trait LeaseStore: Send + Sync + 'static {
         new_owner: &WorkerId,
     ) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
-    /// Writes a checkpoint: checkpoint set, owner switches reset to 0, counter + 1.
+    /// Writes a checkpoint: checkpoint set, the tumbling window set to `window` (removed
+    /// when `None`), owner switches reset to 0, counter + 1, in one write.
     /// Condition: counter and owner as in `expected`.
     fn checkpoint(
         &self,
         expected: &Lease,
         checkpoint: &Checkpoint,
+        window: Option<&WindowState>,
     ) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 
     /// Releases: owner removed, counter + 1. Condition: counter and owner as in `expected`.

@@ -271,9 +271,14 @@ impl LeaseStore for Link {
         self.check()?;
         self.inner.take(expected, new_owner).await
     }
-    async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
+    async fn checkpoint(
+        &self,
+        expected: &Lease,
+        checkpoint: &Checkpoint,
+        window: Option<&kcl_core::WindowState>,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;
-        self.inner.checkpoint(expected, checkpoint).await
+        self.inner.checkpoint(expected, checkpoint, window).await
     }
     async fn release(&self, expected: &Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.check()?;

@@ -24,6 +24,7 @@ use std::future::Future;
 use crate::checkpoint::{Checkpoint, SequenceNumber};
 use crate::lease::{HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WorkerId};
 use crate::shard::ShardId;
+use crate::window::WindowState;
 
 /// Runs every check of the contract, each against a fresh, empty store from `make_store`.
 ///
@@ -50,6 +51,7 @@ where
     check_owner_none_round_trips(&make_store().await).await;
     check_large_counters(&make_store().await).await;
     check_handoff_requests(&make_store().await).await;
+    check_checkpoint_window(&make_store().await).await;
 }
 
 /// A fresh store: `get` of any key is `None` and `list` is empty.
@@ -194,7 +196,7 @@ pub async fn check_checkpoint_variants<S: LeaseStore>(store: &S) {
         if taken.owner_switches_since_checkpoint == 0 {
             c.fail("owner switches after a take are above 0", &taken);
         }
-        let written = c.applied(&format!("checkpoint {cp}"), store.checkpoint(&taken, &cp).await);
+        let written = c.applied(&format!("checkpoint {cp}"), store.checkpoint(&taken, &cp, None).await);
         let want =
             Lease { checkpoint: cp.clone(), counter: taken.counter + 1, owner_switches_since_checkpoint: 0, ..taken };
         c.assert_lease(&format!("lease after checkpoint {cp}"), &written, &want);
@@ -202,6 +204,34 @@ pub async fn check_checkpoint_variants<S: LeaseStore>(store: &S) {
         c.assert_eq(&format!("list after checkpoint {cp}"), &c.list().await, &vec![normalized(&written)]);
         current = written;
     }
+}
+
+/// A checkpoint stores the tumbling window given with it (every byte value of its state),
+/// in the same write; renewals, takes and releases keep it, so the next owner reads it; an
+/// empty state round-trips; a checkpoint without a window removes it.
+pub async fn check_checkpoint_window<S: LeaseStore>(store: &S) {
+    let c = Check::new("checkpoint_window", store);
+    let owned = c.create(lease(1, Some("w1"), 0)).await;
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_040_000);
+    let end = start + std::time::Duration::from_secs(60);
+    let state: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    let window = WindowState::new(start, end, state);
+    let cp = at("100000000000000000300");
+    let written = c.applied("checkpoint with a window", store.checkpoint(&owned, &cp, Some(&window)).await);
+    let want =
+        Lease { checkpoint: cp.clone(), counter: owned.counter + 1, window: Some(Box::new(window.clone())), ..owned };
+    c.assert_lease("lease after a checkpoint with a window", &written, &want);
+    c.assert_stored("item after a checkpoint with a window", &written).await;
+    let renewed = c.applied("renew", store.renew(&written).await);
+    let taken = c.applied("take by the next owner", store.take(&renewed, &worker("w2")).await);
+    c.assert_eq("window the next owner reads", &c.get(&key(1)).await.and_then(|l| l.window.map(|w| *w)), &Some(window));
+    let empty = WindowState::new(end, end + std::time::Duration::from_secs(60), Vec::new());
+    let written = c.applied("checkpoint with an empty state", store.checkpoint(&taken, &cp, Some(&empty)).await);
+    c.assert_eq("window with an empty state", &written.window.as_deref(), &Some(&empty));
+    c.assert_stored("item after a checkpoint with an empty state", &written).await;
+    let written = c.applied("checkpoint without a window", store.checkpoint(&written, &cp, None).await);
+    c.assert_eq("window after a checkpoint without one", &written.window, &None);
+    c.assert_stored("item after a checkpoint without a window", &written).await;
 }
 
 /// A checkpoint from a stale view (or by another owner) is `Lost` and leaves the stored
@@ -213,9 +243,9 @@ pub async fn check_stale_checkpoint<S: LeaseStore>(store: &S) {
     let original = c.create(original).await;
     let renewed = c.applied("renew", store.renew(&original).await);
 
-    c.lost("checkpoint with a stale counter", store.checkpoint(&original, &at("100000000000000000200")).await);
+    c.lost("checkpoint with a stale counter", store.checkpoint(&original, &at("100000000000000000200"), None).await);
     let other = Lease { owner: Some(worker("w2")), ..renewed.clone() };
-    c.lost("checkpoint by another owner", store.checkpoint(&other, &Checkpoint::ShardEnd).await);
+    c.lost("checkpoint by another owner", store.checkpoint(&other, &Checkpoint::ShardEnd, None).await);
     c.assert_stored("item after rejected checkpoints", &renewed).await;
 }
 
@@ -261,7 +291,7 @@ pub async fn check_writes_to_missing_items<S: LeaseStore>(store: &S) {
     for missing in [lease(1, None, 0), lease(1, Some("w1"), 3)] {
         c.lost("renew of a missing item", store.renew(&missing).await);
         c.lost("take of a missing item", store.take(&missing, &worker("w2")).await);
-        c.lost("checkpoint of a missing item", store.checkpoint(&missing, &Checkpoint::ShardEnd).await);
+        c.lost("checkpoint of a missing item", store.checkpoint(&missing, &Checkpoint::ShardEnd, None).await);
         c.lost("release of a missing item", store.release(&missing).await);
         c.lost("delete of a missing item", store.delete(&missing).await);
         c.assert_eq("get after writes to a missing item", &c.get(&missing.key).await, &None);
@@ -356,7 +386,7 @@ pub async fn check_large_counters<S: LeaseStore>(store: &S) {
     c.lost("renew with a counter one below (2^53)", store.renew(&Lease { counter: big - 1, ..original.clone() }).await);
     let renewed = c.applied("renew at 2^53 + 1", store.renew(&original).await);
     c.assert_eq("counter after renew", &renewed.counter, &(big + 1));
-    let written = c.applied("checkpoint at 2^53 + 2", store.checkpoint(&renewed, &Checkpoint::ShardEnd).await);
+    let written = c.applied("checkpoint at 2^53 + 2", store.checkpoint(&renewed, &Checkpoint::ShardEnd, None).await);
     c.assert_eq("counter after checkpoint", &written.counter, &(big + 2));
     c.assert_stored("item with a large counter", &written).await;
 

@@ -41,6 +41,7 @@ use crate::checkpoint::Checkpoint;
 use crate::lease::{
     HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
 };
+use crate::window::WindowState;
 
 /// An in-memory lease table.
 ///
@@ -346,10 +347,16 @@ impl LeaseStore for MemoryLeaseStore {
         })
     }
 
-    async fn checkpoint(&self, expected: &Lease, checkpoint: &Checkpoint) -> Result<LeaseUpdate, LeaseStoreError> {
+    async fn checkpoint(
+        &self,
+        expected: &Lease,
+        checkpoint: &Checkpoint,
+        window: Option<&WindowState>,
+    ) -> Result<LeaseUpdate, LeaseStoreError> {
         self.delay().await;
         self.update(LeaseOp::Checkpoint, expected, |stored| {
             stored.checkpoint = checkpoint.clone();
+            stored.window = window.cloned().map(Box::new);
             stored.owner_switches_since_checkpoint = 0;
         })
     }

@@ -42,7 +42,7 @@ async fn lifecycle(store: &MemoryLeaseStore) {
     let l = applied(store.take(&l, &w("w1")).await);
     let l = applied(store.renew(&l).await);
     let l = applied(store.renew(&l).await);
-    let l = applied(store.checkpoint(&l, &Checkpoint::ShardEnd).await);
+    let l = applied(store.checkpoint(&l, &Checkpoint::ShardEnd, None).await);
     let l = applied(store.release(&l).await);
     let _ = applied(store.delete(&l).await);
 }
@@ -90,7 +90,7 @@ async fn history_events_describe_each_write() {
     let l = applied(store.take(&l, &w("w1")).await);
     let l = applied(store.take(&l, &w("w2")).await);
     let seq = Checkpoint::At(SequenceNumber::from_u128(42));
-    let l = applied(store.checkpoint(&l, &seq).await);
+    let l = applied(store.checkpoint(&l, &seq, None).await);
     applied(store.delete(&l).await);
 
     let history = store.history();
@@ -197,7 +197,7 @@ async fn unavailable_store_fails_every_call_until_back() {
     assert_eq!(err_kind(store.get(&l.key).await), LeaseStoreErrorKind::Transient);
     assert_eq!(err_kind(store.renew(&l).await), LeaseStoreErrorKind::Transient);
     assert_eq!(err_kind(store.take(&l, &w("w2")).await), LeaseStoreErrorKind::Transient);
-    assert_eq!(err_kind(store.checkpoint(&l, &Checkpoint::ShardEnd).await), LeaseStoreErrorKind::Transient);
+    assert_eq!(err_kind(store.checkpoint(&l, &Checkpoint::ShardEnd, None).await), LeaseStoreErrorKind::Transient);
     assert_eq!(err_kind(store.release(&l).await), LeaseStoreErrorKind::Transient);
     assert_eq!(err_kind(store.delete(&l).await), LeaseStoreErrorKind::Transient);
     assert_eq!(err_kind(store.create_if_absent(lease(2, None)).await), LeaseStoreErrorKind::Transient);
@@ -261,7 +261,7 @@ async fn ambiguous_writes_are_recorded_in_history_and_cover_every_write() {
     let l = store.get_now(&l.key).unwrap();
     assert!(store.take(&l, &w("w1")).await.is_err());
     let l = store.get_now(&l.key).unwrap();
-    assert!(store.checkpoint(&l, &Checkpoint::Latest).await.is_err());
+    assert!(store.checkpoint(&l, &Checkpoint::Latest, None).await.is_err());
     let l = store.get_now(&l.key).unwrap();
     assert!(store.release(&l).await.is_err());
     let l = store.get_now(&l.key).unwrap();
