@@ -15,6 +15,12 @@
 //! worker handled under which lease:
 //! `{"worker":"w1","shard":"shardId-…","lifecycle":"initialize","checkpoint":"TRIM_HORIZON","ts":…}`,
 //! then `shard_ended`, `lease_lost` or `shutdown_requested`.
+//!
+//! With tumbling windows (`--tumbling-window-secs`), each record line also names its
+//! window's start (`"window"`, ms since the epoch), the window's state counts its records,
+//! and the end of each window is one line:
+//! `{"worker":"w1","shard":"shardId-…","window_end":"elapsed","start":…,"end":…,"records":42,"terminated_early":false,"ts":…}`
+//! (`window_end` is the reason: `elapsed`, `shard_ended` or `state_too_large`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kcl_adapter::{AttributeValue, ChangeRecord};
 use kcl_core::{
     Batch, CheckpointError, Checkpointer, InitializeInput, ProcessorError, RecordProcessor, SequenceNumber, ShardId,
+    WindowEnd, WindowState,
 };
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -109,6 +116,46 @@ pub struct JsonlProcessor {
 }
 
 impl JsonlProcessor {
+    /// Appends the batch's records not written yet (a retried batch is not written twice),
+    /// each line naming its lane, its batch's size and, with windows, its window's start.
+    async fn write_batch(
+        &mut self,
+        batch: &Batch<ChangeRecord>,
+        window_start: Option<u64>,
+    ) -> Result<(), ProcessorError> {
+        let mut lines = Vec::with_capacity(batch.records.len() * 200);
+        let mut last = None;
+        for record in &batch.records {
+            if self.written_up_to.as_ref().is_some_and(|done| record.sequence_number() <= done) {
+                continue;
+            }
+            let mut line = record_line(&self.sink.worker, &batch.shard_id, record);
+            if let Value::Object(fields) = &mut line {
+                // Which lane delivered it, and in a batch of how many (for tests of the
+                // in-shard controls).
+                fields.insert("lane".to_owned(), Value::from(batch.lane));
+                fields.insert("batch".to_owned(), Value::from(batch.records.len()));
+                if let Some(start) = window_start {
+                    fields.insert("window".to_owned(), Value::from(start));
+                }
+            }
+            // Writing a `Value` to a Vec cannot fail: no I/O, and every map key is a string.
+            if let Err(e) = serde_json::to_writer(&mut lines, &line) {
+                return Err(ProcessorError::new(format!("cannot render record as JSON: {e}")));
+            }
+            lines.push(b'\n');
+            last = Some(record.sequence_number().clone());
+        }
+        if !lines.is_empty() {
+            self.sink.append(&lines).await.map_err(|e| write_error(&self.sink, e))?;
+            self.written_up_to = last;
+            if !self.sink.options.delay_before_checkpoint.is_zero() {
+                tokio::time::sleep(self.sink.options.delay_before_checkpoint).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn note(&self, what: &str) {
         if let Err(e) = self.sink.lifecycle(&self.shard, what, None).await {
             tracing::warn!(shard = %self.shard, error = %e, path = %self.sink.path.display(), "cannot write {what} line");
@@ -129,34 +176,41 @@ impl RecordProcessor<ChangeRecord> for JsonlProcessor {
         batch: &Batch<ChangeRecord>,
         checkpointer: &impl Checkpointer,
     ) -> Result<(), ProcessorError> {
-        let mut lines = Vec::with_capacity(batch.records.len() * 200);
-        let mut last = None;
-        for record in &batch.records {
-            if self.written_up_to.as_ref().is_some_and(|done| record.sequence_number() <= done) {
-                continue;
-            }
-            let mut line = record_line(&self.sink.worker, &batch.shard_id, record);
-            if let Value::Object(fields) = &mut line {
-                // Which lane delivered it, and in a batch of how many (for tests of the
-                // in-shard controls).
-                fields.insert("lane".to_owned(), Value::from(batch.lane));
-                fields.insert("batch".to_owned(), Value::from(batch.records.len()));
-            }
-            // Writing a `Value` to a Vec cannot fail: no I/O, and every map key is a string.
-            if let Err(e) = serde_json::to_writer(&mut lines, &line) {
-                return Err(ProcessorError::new(format!("cannot render record as JSON: {e}")));
-            }
-            lines.push(b'\n');
-            last = Some(record.sequence_number().clone());
-        }
-        if !lines.is_empty() {
-            self.sink.append(&lines).await.map_err(|e| write_error(&self.sink, e))?;
-            self.written_up_to = last;
-            if !self.sink.options.delay_before_checkpoint.is_zero() {
-                tokio::time::sleep(self.sink.options.delay_before_checkpoint).await;
-            }
-        }
+        self.write_batch(batch, None).await?;
         checkpoint(checkpointer, &self.shard).await
+    }
+
+    /// Under `--tumbling-window-secs`: writes the batch (each line names its window's start)
+    /// and counts its records into the window's state, `{"records": n}`. The worker stores
+    /// the state with the checkpoint after the call.
+    async fn process_window(
+        &mut self,
+        batch: &Batch<ChangeRecord>,
+        window: &WindowState,
+    ) -> Result<Vec<u8>, ProcessorError> {
+        let count = window_count(&window.state)?;
+        self.write_batch(batch, Some(millis(window.start))).await?;
+        // Every record of the batch counts, also those a retry did not write again.
+        let state = json!({ "records": count + batch.records.len() as u64 });
+        Ok(state.to_string().into_bytes())
+    }
+
+    /// Writes the window's total as one line:
+    /// `{"worker":…,"shard":…,"window_end":"elapsed","start":…,"end":…,"records":n,"terminated_early":false,"ts":…}`.
+    async fn window_ended(&mut self, end: &WindowEnd) -> Result<(), ProcessorError> {
+        let line = json!({
+            "worker": self.sink.worker,
+            "shard": self.shard.as_str(),
+            "window_end": end.reason.as_str(),
+            "start": millis(end.window.start),
+            "end": millis(end.window.end),
+            "records": window_count(&end.window.state)?,
+            "terminated_early": end.terminated_early,
+            "ts": now_nanos(),
+        });
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.sink.append(&bytes).await.map_err(|e| write_error(&self.sink, e))
     }
 
     async fn shard_ended(&mut self, _checkpointer: &impl Checkpointer) {
@@ -185,6 +239,21 @@ pub(crate) async fn checkpoint(checkpointer: &impl Checkpointer, shard: &ShardId
         }
         Err(e) => Err(ProcessorError::new(format!("checkpoint of shard {shard} failed")).with_source(e)),
     }
+}
+
+/// The record count a window's state holds (`{"records": n}`; empty for a new window).
+fn window_count(state: &[u8]) -> Result<u64, ProcessorError> {
+    if state.is_empty() {
+        return Ok(0);
+    }
+    let value: Value = serde_json::from_slice(state)
+        .map_err(|e| ProcessorError::new(format!("window state is not the JSON this processor writes: {e}")))?;
+    value["records"].as_u64().ok_or_else(|| ProcessorError::new(format!("window state has no record count: {value}")))
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn write_error(sink: &JsonlSink, e: std::io::Error) -> ProcessorError {

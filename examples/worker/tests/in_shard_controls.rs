@@ -1,5 +1,5 @@
 //! The in-shard controls in the `worker` binary against DynamoDB Local: `--parallelism`,
-//! `--batch-size` and `--batching-window-ms` (and `--filter`). Judged from the JSON lines the
+//! `--batch-size` and `--batching-window-ms`, `--filter` and `--tumbling-window-secs`. Judged from the JSON lines the
 //! worker writes (each line names its lane and the size of its batch), never by timing.
 
 mod common;
@@ -27,13 +27,28 @@ async fn write_changes(local: &DynamoDbLocal, table: &str) {
     }
 }
 
-fn record_lines(output: &Path) -> Vec<Value> {
+fn lines_with(output: &Path, field: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(output).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l.get("seq").is_some()).collect()
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l.get(field).is_some()).collect()
+}
+
+fn record_lines(output: &Path) -> Vec<Value> {
+    lines_with(output, "seq")
 }
 
 /// Runs one worker with `flags` until `want` records are in its output; returns them.
 async fn run_worker(flags: &[&str], want: usize, name: &str) -> Vec<Value> {
+    run_worker_until(flags, want, name, |_| true).await.0
+}
+
+/// Runs one worker with `flags` until `want` records are in its output and `done` holds for
+/// its output file; returns the record lines and the window-end lines.
+async fn run_worker_until(
+    flags: &[&str],
+    want: usize,
+    name: &str,
+    done: impl Fn(&Path) -> bool,
+) -> (Vec<Value>, Vec<Value>) {
     let local = DynamoDbLocal::shared();
     let table = unique_name(name);
     local.create_stream_table(&table).await;
@@ -55,11 +70,11 @@ async fn run_worker(flags: &[&str], want: usize, name: &str) -> Vec<Value> {
         Duration::from_secs(120),
         Duration::from_millis(250),
         || {
-            let output = &output;
+            let (output, done) = (&output, &done);
             async move {
                 let distinct: BTreeSet<String> =
                     record_lines(output).iter().filter_map(|l| l["seq"].as_str().map(str::to_owned)).collect();
-                (distinct.len() >= want).then_some(())
+                (distinct.len() >= want && done(output)).then_some(())
             }
         },
     )
@@ -69,7 +84,7 @@ async fn run_worker(flags: &[&str], want: usize, name: &str) -> Vec<Value> {
     assert!(exit.success(), "{exit}\n{}", worker.log_tail(30));
     let lines = record_lines(&output);
     assert!(lines.len() >= want, "{} lines", lines.len());
-    lines
+    (lines, lines_with(&output, "window_end"))
 }
 
 /// Per item, the versions in the order the output has them.
@@ -122,4 +137,41 @@ async fn a_filter_in_the_worker_binary() {
     assert!(items.iter().all(|k| k.starts_with("item-1")), "{items:?}");
     let distinct: BTreeSet<&str> = lines.iter().filter_map(|l| l["seq"].as_str()).collect();
     assert_eq!(distinct.len(), 11 * VERSIONS as usize, "every matching change, and no other");
+}
+
+/// `--tumbling-window-secs` with small batches: the window's state (a record count) is
+/// carried across batches and handed back in one final call per window. DynamoDB Local rounds
+/// creation times down to the minute, so windows here are closed by the stream's clock at
+/// idle, not by later records: judged by the counts, never by timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_windows_in_the_worker_binary() {
+    let want = ITEMS * VERSIONS as usize;
+    // Until the windows' counts add up to every change: the last window closed at idle.
+    let all_counted = |output: &Path| {
+        lines_with(output, "window_end").iter().filter_map(|l| l["records"].as_u64()).sum::<u64>() >= want as u64
+    };
+    let flags = ["--tumbling-window-secs", "2", "--batch-size", "7"];
+    let (lines, ends) = run_worker_until(&flags, want, "windows", all_counted).await;
+    assert!(!ends.is_empty(), "no window ended");
+    for end in &ends {
+        assert_eq!(end["window_end"], "elapsed", "only time ends these windows: {end}");
+        assert_eq!(end["terminated_early"], false, "{end}");
+        let (start, stop) = (end["start"].as_u64().unwrap_or(0), end["end"].as_u64().unwrap_or(0));
+        assert_eq!(stop - start, 2_000, "a window is 2 s long: {end}");
+    }
+    // Per window, the final count is the number of distinct changes delivered in it.
+    let mut per_window: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
+    for l in &lines {
+        let window = l["window"].as_u64().unwrap_or_else(|| panic!("a record line without its window: {l}"));
+        per_window.entry(window).or_default().insert(l["seq"].as_str().unwrap_or_default());
+    }
+    let counted: BTreeMap<u64, u64> =
+        ends.iter().map(|e| (e["start"].as_u64().unwrap_or(0), e["records"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(counted.len(), ends.len(), "one final call per window: {ends:?}");
+    let delivered: BTreeMap<u64, u64> = per_window.iter().map(|(w, seqs)| (*w, seqs.len() as u64)).collect();
+    assert_eq!(counted, delivered, "each window's state counted exactly its changes");
+    // The batches are of at most 7 records, so a window of more than 7 changes carried its
+    // state across batches.
+    assert!(counted.values().any(|n| *n > 7), "some window spans several batches: {counted:?}");
+    assert_eq!(delivered.values().sum::<u64>(), want as u64, "every change in exactly one window");
 }

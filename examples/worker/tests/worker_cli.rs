@@ -89,6 +89,22 @@ async fn bad_input_stops_the_worker_with_the_fix() {
             ],
             "--filter: cannot read /nonexistent.json",
         ),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--application-name",
+                "cli-10",
+                "--output",
+                "/dev/null",
+                "--tumbling-window-secs",
+                "60",
+                "--parallelism",
+                "2",
+            ],
+            "tumbling_window cannot be used with parallelism above 1: a window's state is kept per shard, \
+             not per lane; set parallelism to 1",
+        ),
     ];
     for (list, want) in cases {
         let mut list = list;

@@ -174,6 +174,12 @@ struct Args {
     /// `MaximumBatchingWindowInSeconds`), at most 300,000. Default: none.
     #[arg(long, env = "KCL_BATCHING_WINDOW_MS")]
     batching_window_ms: Option<u64>,
+    /// Tumbling windows of this many seconds, 1 to 900 (Lambda: `TumblingWindowInSeconds`):
+    /// the processor carries a state across the batches of a window, stored with the
+    /// checkpoint, and gets a final call at the window's end. Needs `--parallelism 1` and
+    /// `--checkpoint-policy interval`. Default: none.
+    #[arg(long, env = "KCL_TUMBLING_WINDOW_SECS")]
+    tumbling_window_secs: Option<u64>,
     /// Event filter in Lambda's `FilterCriteria` JSON syntax (one pattern, an array of them,
     /// or `{"Filters": [{"Pattern": "..."}]}`), or `@path` to read it from a file: only
     /// matching changes are processed; the others are counted and checkpointed past.
@@ -292,6 +298,9 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     }
     if let Some(ms) = args.batching_window_ms {
         config = config.batching_window(Duration::from_millis(ms));
+    }
+    if let Some(secs) = args.tumbling_window_secs {
+        config = config.tumbling_window(Duration::from_secs(secs));
     }
     if let Some(filter) = &args.filter {
         config = config.filter(parse_filter(filter)?);
