@@ -16,6 +16,12 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "publishable crates: cargo package (builds each packaged crate alone) and the API docs without warnings"
+# --allow-dirty: so that a local run with uncommitted edits checks them too (a CI checkout is
+# clean, and the emulators' directory is ignored).
+cargo package -p kcl-core -p kcl-adapter --allow-dirty
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
+
 step "the production worker carries no test code (kcl-worker's normal dependencies)"
 bash scripts/check-worker-deps.sh
 

@@ -33,6 +33,10 @@ pub mod testing;
 pub mod window;
 pub mod worker;
 
+/// The `prometheus` crate this one registers its metrics with (`Worker::new` takes its
+/// [`Registry`](prometheus::Registry)): use it from here to need no version of your own.
+pub use prometheus;
+
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpointer, SequenceNumber};
 pub use config::{
     CheckpointPolicy, Config, ConfigBuilder, ConfigError, InitialPosition, LeaseRenewal, OnRetriesExhausted, OnStall,

@@ -54,6 +54,7 @@ use crate::window::{WindowEnd, WindowState};
 
 /// Handed to [`RecordProcessor::initialize`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct InitializeInput {
     /// The shard this processor instance handles.
     pub shard_id: ShardId,
@@ -65,6 +66,7 @@ pub struct InitializeInput {
 
 /// One batch of records for [`RecordProcessor::process_records`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Batch<R> {
     /// The shard the records come from.
     pub shard_id: ShardId,

@@ -28,6 +28,7 @@ pub enum ShardState {
 
 /// One held shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShardStatus {
     /// The consumer's state.
     pub state: ShardState,
@@ -53,6 +54,7 @@ pub struct ShardStatus {
 
 /// A snapshot of a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStatus {
     /// The worker's id.
     pub worker_id: WorkerId,

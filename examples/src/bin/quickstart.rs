@@ -69,7 +69,7 @@ async fn main() -> ExitCode {
     let store = MemoryLeaseStore::new();
     let log = DeliveryLog::new();
     println!(
-        "kcl-rs quickstart: 3 workers, 8 shards, {WRITES_PER_SECOND} changes/s for {}s over {ITEMS} items",
+        "kcl-streams quickstart: 3 workers, 8 shards, {WRITES_PER_SECOND} changes/s for {}s over {ITEMS} items",
         WRITE_FOR.as_secs()
     );
     println!(

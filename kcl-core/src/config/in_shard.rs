@@ -72,7 +72,7 @@ impl ConfigBuilder {
     /// [`window_ended`](crate::RecordProcessor::window_ended) gets the final state; the state
     /// is stored with the checkpoint, so the next owner of the shard continues it (see
     /// [`crate::window`]). Needs [`parallelism`](Self::parallelism) 1 and the automatic
-    /// [`CheckpointPolicy::Interval`](crate::CheckpointPolicy::Interval).
+    /// [`CheckpointPolicy::Interval`].
     pub fn tumbling_window(mut self, window: Duration) -> Self {
         self.config.tumbling_window = Some(window);
         self

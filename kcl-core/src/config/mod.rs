@@ -8,6 +8,7 @@ use crate::lease::WorkerId;
 /// Where a worker starts in a shard that has no parent in the lease table (a root shard).
 /// Child shards always start at their beginning so that nothing after a parent is missed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum InitialPosition {
     /// The oldest retained record: nothing already in the stream is missed (default).
     #[default]
@@ -19,6 +20,7 @@ pub enum InitialPosition {
 /// What to do with a batch whose retries are exhausted (see [`ConfigBuilder::max_retry_attempts`]
 /// and [`ConfigBuilder::max_record_age`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum OnRetriesExhausted {
     /// Send the failed records to the dead-letter destination and go on (default). Without a
     /// destination, the records are skipped: counted in `kcl_records_skipped_total`, logged
@@ -32,6 +34,7 @@ pub enum OnRetriesExhausted {
 
 /// What the stall watchdog does about a shard that makes no progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum OnStall {
     /// Count it in `kcl_stalled_shards` and log a warning with the shard and for how long
     /// (default).
@@ -61,6 +64,7 @@ pub enum LeaseRenewal {
 
 /// When checkpoints are written to the lease table (see [`ConfigBuilder::checkpoint_policy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum CheckpointPolicy {
     /// Every `checkpoint` / `checkpoint_at` call of the processor is one lease-table write, at
     /// once; the worker checkpoints by itself only at shard end, on a graceful stop and past
