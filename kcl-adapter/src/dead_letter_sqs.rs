@@ -15,6 +15,7 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use kcl_core::{DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink};
 
+use crate::boxed::Boxed;
 use crate::error::{Failure, describe};
 use crate::record::ChangeRecord;
 
@@ -117,6 +118,7 @@ impl SqsDeadLetterSink {
             .queue_url(&self.queue_url)
             .attribute_names(QueueAttributeName::MaximumMessageSize)
             .send()
+            .boxed()
             .await
             .map_err(|e| self.sdk_error("GetQueueAttributes", e))?;
         let accepted = out
@@ -192,7 +194,7 @@ impl DeadLetterSink<ChangeRecord> for SqsDeadLetterSink {
             if self.is_fifo() {
                 send = send.message_group_id(letter.shard_id.as_str()).message_deduplication_id(body.dedup_id);
             }
-            send.send().await.map_err(|e| self.sdk_error("SendMessage", e))?;
+            send.send().boxed().await.map_err(|e| self.sdk_error("SendMessage", e))?;
         }
         Ok(())
     }

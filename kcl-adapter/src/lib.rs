@@ -40,6 +40,8 @@
 //! # }
 //! ```
 
+mod boxed;
+pub mod builder;
 pub mod dead_letter_sqs;
 mod error;
 pub mod lease_table;
@@ -51,6 +53,7 @@ pub mod record;
 pub mod streams;
 mod text;
 
+pub use builder::{BuilderError, RunningWorker, WorkerBuilder};
 pub use dead_letter_sqs::SqsDeadLetterSink;
 pub use lease_table::{BillingMode, DynamoLeaseStore, TableOptions};
 pub use record::{

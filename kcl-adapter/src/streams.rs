@@ -20,6 +20,7 @@ use kcl_core::{
     StreamSource,
 };
 
+use crate::boxed::Boxed;
 use crate::error::{Failure, source_error, source_kind};
 use crate::record::ChangeRecord;
 
@@ -64,7 +65,7 @@ impl DynamoStreamsSource {
         streams: Client,
         table_name: &str,
     ) -> Result<Self, SourceError> {
-        let described = dynamodb.describe_table().table_name(table_name).send().await;
+        let described = dynamodb.describe_table().table_name(table_name).send().boxed().await;
         let table = match described {
             Ok(out) => out.table.unwrap_or_else(|| aws_sdk_dynamodb::types::TableDescription::builder().build()),
             Err(err) => {
@@ -88,7 +89,7 @@ impl DynamoStreamsSource {
             Some(spec) => spec.stream_enabled(),
             // Without a specification in the answer, ask the stream itself.
             None => {
-                let out = streams.describe_stream().stream_arn(arn).limit(1).send().await;
+                let out = streams.describe_stream().stream_arn(arn).limit(1).send().boxed().await;
                 let out = out.map_err(|e| source_error(&format!("DescribeStream {arn} of table {table_name}"), e))?;
                 let status = out.stream_description.and_then(|d| d.stream_status);
                 matches!(status, Some(StreamStatus::Enabled | StreamStatus::Enabling))
@@ -123,6 +124,7 @@ impl DynamoStreamsSource {
             .set_exclusive_start_shard_id(start_after.map(str::to_owned))
             .set_shard_filter(filter)
             .send()
+            .boxed()
             .await
             .map_err(|e| source_error(&format!("DescribeStream {}", self.stream_arn), e))?;
         let Some(description) = out.stream_description else { return Ok((Vec::new(), None)) };
@@ -218,6 +220,7 @@ impl StreamSource for DynamoStreamsSource {
             // Sent exactly as the stream gave it: DynamoDB Local wants its zero padding back.
             .set_sequence_number(seq.map(|s| s.as_str().to_owned()))
             .send()
+            .boxed()
             .await
             .map_err(|e| source_error(&format!("GetShardIterator {position:?} of shard {shard}"), e))?;
         match out.shard_iterator {
@@ -238,7 +241,7 @@ impl StreamSource for DynamoStreamsSource {
         }
         // `limit` ≤ 1000 fits in an i32.
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let out = self.client.get_records().shard_iterator(&iterator.0).limit(limit).send().await;
+        let out = self.client.get_records().shard_iterator(&iterator.0).limit(limit).send().boxed().await;
         let out = match out {
             Ok(out) => out,
             Err(err) => {

@@ -23,6 +23,7 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use kcl_core::{Checkpoint, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseUpdate, WindowState, WorkerId};
 
+use crate::boxed::Boxed;
 use crate::error::{code_of, lease_error};
 use attribute as a;
 
@@ -160,6 +161,7 @@ impl DynamoLeaseStore {
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllNew)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(out) => self.applied(op, &expected.key, out.attributes),
@@ -211,6 +213,7 @@ impl LeaseStore for DynamoLeaseStore {
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .send()
+                .boxed()
                 .await
                 .map_err(|e| lease_error(&format!("Scan of lease table {}", self.table), e))?;
             for item in out.items.unwrap_or_default() {
@@ -231,6 +234,7 @@ impl LeaseStore for DynamoLeaseStore {
             .set_key(Some(self.key(key)))
             .consistent_read(true)
             .send()
+            .boxed()
             .await
             .map_err(|e| lease_error(&format!("GetItem {key} of lease table {}", self.table), e))?;
         out.item.map(|item| item::from_item(&self.table, &item)).transpose()
@@ -245,6 +249,7 @@ impl LeaseStore for DynamoLeaseStore {
             .condition_expression("attribute_not_exists(#key)")
             .expression_attribute_names("#key", a::LEASE_KEY)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(_) => Ok(LeaseUpdate::Applied(lease)),
@@ -293,6 +298,7 @@ impl LeaseStore for DynamoLeaseStore {
             .expression_attribute_values(":owner", AttributeValue::S(owner.as_str().to_owned()))
             .return_values(ReturnValue::AllNew)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(out) => self.applied("handoff request", &heartbeat.key, out.attributes),
@@ -314,6 +320,7 @@ impl LeaseStore for DynamoLeaseStore {
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllOld)
             .send()
+            .boxed()
             .await;
         match result {
             Ok(out) => self.applied("delete", &expected.key, out.attributes),

@@ -10,6 +10,7 @@ use kcl_core::{LeaseStoreError, LeaseStoreErrorKind};
 
 use super::DynamoLeaseStore;
 use super::attribute as a;
+use crate::boxed::Boxed;
 use crate::error::{code_of, lease_error};
 
 /// How long [`DynamoLeaseStore::ensure_table`] waits for the table to become ACTIVE by default.
@@ -75,7 +76,7 @@ impl DynamoLeaseStore {
     /// ([`LeaseStoreErrorKind::Fatal`]): it belongs to something else. Safe to call from many
     /// workers at once: a table being created by another is waited for.
     pub async fn ensure_table(&self, options: &TableOptions) -> Result<(), LeaseStoreError> {
-        match self.client.describe_table().table_name(self.table_name()).send().await {
+        match self.client.describe_table().table_name(self.table_name()).send().boxed().await {
             Ok(out) => {
                 self.check_schema(out.table.as_ref())?;
             }
@@ -83,6 +84,19 @@ impl DynamoLeaseStore {
             Err(err) => return Err(lease_error(&format!("DescribeTable of lease table {}", self.table_name()), err)),
         }
         self.wait_active(options.active_timeout).await
+    }
+
+    /// Checks that the lease table exists with the key schema of [`ensure_table`](Self::ensure_table),
+    /// without creating it: [`LeaseStoreErrorKind::TableNotFound`] when it does not exist.
+    pub async fn check_table(&self) -> Result<(), LeaseStoreError> {
+        match self.client.describe_table().table_name(self.table_name()).send().boxed().await {
+            Ok(out) => self.check_schema(out.table.as_ref()),
+            Err(err) if code_of(&err) == Some("ResourceNotFoundException") => Err(LeaseStoreError::new(
+                LeaseStoreErrorKind::TableNotFound,
+                format!("lease table {} does not exist", self.table_name()),
+            )),
+            Err(err) => Err(lease_error(&format!("DescribeTable of lease table {}", self.table_name()), err)),
+        }
     }
 
     async fn create_table(&self, options: &TableOptions) -> Result<(), LeaseStoreError> {
@@ -114,14 +128,14 @@ impl DynamoLeaseStore {
                 )
             }
         };
-        match request.send().await {
+        match request.send().boxed().await {
             Ok(_) => {
                 tracing::info!(table = self.table_name(), "created the lease table");
                 Ok(())
             }
             // Another worker created it first: check what it created.
             Err(err) if code_of(&err) == Some("ResourceInUseException") => {
-                let out = self.client.describe_table().table_name(self.table_name()).send().await;
+                let out = self.client.describe_table().table_name(self.table_name()).send().boxed().await;
                 let out =
                     out.map_err(|e| lease_error(&format!("DescribeTable of lease table {}", self.table_name()), e))?;
                 self.check_schema(out.table.as_ref())
@@ -165,7 +179,7 @@ impl DynamoLeaseStore {
     async fn wait_active(&self, timeout: Duration) -> Result<(), LeaseStoreError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let out = self.client.describe_table().table_name(self.table_name()).send().await;
+            let out = self.client.describe_table().table_name(self.table_name()).send().boxed().await;
             let out =
                 out.map_err(|e| lease_error(&format!("DescribeTable of lease table {}", self.table_name()), e))?;
             let status = out.table.as_ref().and_then(|t| t.table_status().cloned());

@@ -32,17 +32,17 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
+use kcl_adapter::builder::stop_on_signals;
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
     CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker,
-    WorkerError, WorkerHandle,
+    WorkerError,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
 use kcl_worker::jsonl::{JsonlOptions, JsonlSink};
 use kcl_worker::replicate::{ReplicateProcessor, Replicator};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 /// Which processor handles the records.
@@ -427,7 +427,7 @@ where
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /status");
 
     let deadline = Duration::from_millis(args.shutdown_timeout_ms);
-    let signals = tokio::spawn(stop_on_signal(handle, stopping, deadline));
+    let signals = tokio::spawn(stop_on_signals(handle, deadline, move |_| stopping.cancel()));
     let result = worker.run().await;
     let outcome = if signals.is_finished() || result.is_ok() {
         signals.await.ok().flatten()
@@ -448,39 +448,6 @@ where
             ExitCode::SUCCESS
         }
     })
-}
-
-/// Waits for SIGTERM or SIGINT, then shuts the worker down within `deadline`; a second
-/// signal aborts at once. Returns `None` when signals cannot be watched.
-async fn stop_on_signal(
-    handle: WorkerHandle,
-    stopping: CancellationToken,
-    deadline: Duration,
-) -> Option<ShutdownOutcome> {
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM/SIGINT; stop this worker with SIGKILL");
-            return None;
-        }
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, ?deadline, "stopping: checkpointing and releasing leases");
-    stopping.cancel();
-    let shutdown = handle.shutdown(deadline);
-    tokio::pin!(shutdown);
-    tokio::select! {
-        outcome = &mut shutdown => Some(outcome),
-        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
-            tracing::warn!("second signal: stopping at once without checkpointing");
-            handle.abort();
-            shutdown.await;
-            Some(ShutdownOutcome::DeadlineExceeded)
-        }
-    }
 }
 
 /// Checks before replicating: the stream carries new images and the target table exists with
