@@ -24,6 +24,7 @@ pub mod error;
 pub mod filter;
 pub mod lease;
 pub mod metrics;
+pub mod multi_stream;
 pub mod processor;
 pub mod shard;
 pub mod source;
@@ -48,6 +49,7 @@ pub use lease::{
     HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
 };
 pub use metrics::Metrics;
+pub use multi_stream::{MultiStream, MultiStreamError};
 pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, RecordProcessorFactory};
 pub use shard::ShardId;
 pub use source::{

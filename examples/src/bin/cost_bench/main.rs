@@ -40,12 +40,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
+use kcl_core::MultiStream;
 use kcl_core::config::DEFAULT_IDLE_WAIT_MAX;
 use kcl_core::{
     Batch, CheckpointPolicy, Checkpointer, Config, LeaseRenewal, ProcessorError, RecordProcessor, ShardId, Worker,
     WorkerError, WorkerHandle,
 };
-use kcl_examples::multi_stream::MultiStream;
 use kcl_examples::prices::Units;
 use kcl_examples::proxy::{Counts, Proxy};
 use kcl_examples::support::{BoxError, env_u64, init_logging, unix_nanos};
@@ -238,13 +238,13 @@ impl Fleet {
             let streams = streams_client(&proxy.url());
             let mut sources = Vec::new();
             for name in &names {
-                sources.push(DynamoStreamsSource::from_table(&direct, streams.clone(), name).await?);
+                sources.push((name.clone(), DynamoStreamsSource::from_table(&direct, streams.clone(), name).await?));
             }
             let store = DynamoLeaseStore::new(dynamodb_client(&proxy.url()), &app);
             let config = setting.config(&app, &format!("{}-w{w:02}", setting.key()))?;
             let tx = samples.clone();
             let factory = move |_: &ShardId| LatencyProbe { setting, samples: tx.clone() };
-            let worker = Worker::new(config, MultiStream::new(sources), store, factory, &prometheus::Registry::new())?;
+            let worker = Worker::new(config, MultiStream::new(sources)?, store, factory, &prometheus::Registry::new())?;
             let handle = worker.handle();
             let task = tokio::spawn(worker.run());
             members.push(Member { proxy, handle, task });
