@@ -99,7 +99,7 @@ impl<S: StreamSource> MultiStream<S> {
 }
 
 /// Checks a list of stream names (see [`MultiStream::new`]).
-pub fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), MultiStreamError> {
+fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), MultiStreamError> {
     let names: Vec<&str> = names.into_iter().collect();
     if names.is_empty() {
         return Err(MultiStreamError::Empty);

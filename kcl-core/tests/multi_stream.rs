@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{LEASE_DURATION, init_tracing};
+use common::{LEASE_DURATION, init_tracing, owners};
 use kcl_core::testing::memory_store::MemoryLeaseStore;
 use kcl_core::testing::recording::{DeliveryLog, RecordingProcessorFactory};
 use kcl_core::testing::sim::{ChangeKind, StreamSimulator};
@@ -31,15 +31,6 @@ fn start(name: &str, source: &MultiStream<StreamSimulator>, store: &MemoryLeaseS
     Running { handle, task: tokio::spawn(worker.run()) }
 }
 
-/// Open shard leases per owner.
-fn owners(store: &MemoryLeaseStore) -> BTreeMap<Option<String>, usize> {
-    let mut out = BTreeMap::new();
-    for l in store.leases().into_iter().filter(|l| !l.key.is_heartbeat() && !l.checkpoint.is_shard_end()) {
-        *out.entry(l.owner.map(|o| o.to_string())).or_insert(0) += 1;
-    }
-    out
-}
-
 async fn wait_for(limit: Duration, what: &str, cond: impl Fn() -> bool) {
     let start = tokio::time::Instant::now();
     while !cond() {
@@ -57,7 +48,7 @@ async fn write(sims: &[StreamSimulator], round: usize) {
     }
 }
 
-/// Every written (namespaced shard, sequence number), and the item order per stream.
+/// Every written record, as (namespaced shard, sequence number).
 fn expected(sims: &[StreamSimulator]) -> BTreeSet<(ShardId, String)> {
     let mut out = BTreeSet::new();
     for (s, sim) in sims.iter().enumerate() {

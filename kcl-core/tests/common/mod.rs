@@ -143,14 +143,7 @@ impl Fleet {
 
     /// Shard leases per owner (None = unowned), ignoring finished shards and heartbeats.
     pub fn owners(&self) -> BTreeMap<Option<String>, usize> {
-        let mut out = BTreeMap::new();
-        for l in self.store.leases() {
-            if l.key.is_heartbeat() || l.checkpoint.is_shard_end() {
-                continue;
-            }
-            *out.entry(l.owner.map(|o| o.to_string())).or_insert(0) += 1;
-        }
-        out
+        owners(&self.store)
     }
 
     /// True when every unfinished shard lease is owned by a running worker and the counts
@@ -216,6 +209,18 @@ impl Fleet {
             filtered: self.filtered,
         })
     }
+}
+
+/// Shard leases per owner in `store` (None = unowned), ignoring finished shards and heartbeats.
+pub fn owners(store: &MemoryLeaseStore) -> BTreeMap<Option<String>, usize> {
+    let mut out = BTreeMap::new();
+    for l in store.leases() {
+        if l.key.is_heartbeat() || l.checkpoint.is_shard_end() {
+            continue;
+        }
+        *out.entry(l.owner.map(|o| o.to_string())).or_insert(0) += 1;
+    }
+    out
 }
 
 /// Installs a test logger once (RUST_LOG controls it).

@@ -40,11 +40,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kcl_adapter::local::{DynamoDbLocal, unique_name};
 use kcl_adapter::{AttributeValue, ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, TableOptions};
-use kcl_core::MultiStream;
 use kcl_core::config::DEFAULT_IDLE_WAIT_MAX;
 use kcl_core::{
-    Batch, CheckpointPolicy, Checkpointer, Config, LeaseRenewal, ProcessorError, RecordProcessor, ShardId, Worker,
-    WorkerError, WorkerHandle,
+    Batch, CheckpointPolicy, Checkpointer, Config, LeaseRenewal, MultiStream, ProcessorError, RecordProcessor, ShardId,
+    Worker, WorkerError, WorkerHandle,
 };
 use kcl_examples::prices::Units;
 use kcl_examples::proxy::{Counts, Proxy};
