@@ -23,22 +23,70 @@
 //! from `aws-config`); SDK errors are classified into the core's error kinds and kept as their
 //! source, never exposed in a public type.
 //!
-//! ```no_run
-//! use kcl_adapter::{DynamoLeaseStore, DynamoStreamsSource, TableOptions};
+//! [`WorkerBuilder`] goes from an `aws_config::SdkConfig` and a table to a running worker:
+//! it finds the table's stream, creates the lease table if asked to, and starts the worker.
+//! This example runs against Amazon DynamoDB Local (started by its hidden lines through
+//! `local`; it fails, naming the fix, when the emulator is not installed):
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = aws_config::load_from_env().await;
-//! let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-//! let streams = aws_sdk_dynamodbstreams::Client::new(&config);
+//! ```
+//! use std::time::Duration;
 //!
-//! let source = DynamoStreamsSource::from_table(&dynamodb, streams, "orders").await?;
-//! let leases = DynamoLeaseStore::new(dynamodb, "orders-consumer");
-//! leases.ensure_table(&TableOptions::default()).await?;
-//! // Hand `source` and `leases` to a `kcl_core::Worker`.
-//! # let _ = (source, leases);
+//! use kcl_adapter::{AttributeValue, ChangeRecord, WorkerBuilder};
+//! use kcl_core::{Batch, Checkpointer, ProcessorError, RecordProcessor, ShardId, ShutdownOutcome};
+//! use tokio::sync::mpsc;
+//!
+//! /// Forwards the keys of every change. Returning `Ok` lets the worker checkpoint the batch.
+//! struct Forward(mpsc::Sender<String>);
+//!
+//! impl RecordProcessor<ChangeRecord> for Forward {
+//!     async fn process_records(
+//!         &mut self,
+//!         batch: &Batch<ChangeRecord>,
+//!         _: &impl Checkpointer,
+//!     ) -> Result<(), ProcessorError> {
+//!         for record in &batch.records {
+//!             let keys = record.partition_key().to_owned();
+//!             self.0.send(keys).await.map_err(|e| ProcessorError::new(e.to_string()))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+//! # // Panics with the fix (run .ci/install-emulators.sh) when DynamoDB Local cannot start.
+//! # let local = kcl_adapter::local::DynamoDbLocal::shared();
+//! # local.create_stream_table("orders").await; // hash key `pk`, NEW_AND_OLD_IMAGES stream
+//! # let sdk = aws_config::SdkConfig::builder()
+//! #     .behavior_version(aws_config::BehaviorVersion::latest())
+//! #     .region(aws_config::Region::new(kcl_adapter::local::REGION))
+//! #     .endpoint_url(local.endpoint())
+//! #     .credentials_provider(SharedCredentialsProvider::new(Credentials::new("local", "local", None, None, "doc")))
+//! #     .build();
+//! // Against AWS: `let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;`
+//! let (tx, mut rx) = mpsc::channel(16);
+//! let running = WorkerBuilder::new(&sdk, "orders-audit") // also the lease table's name
+//!     .table("orders")
+//!     .create_lease_table()
+//!     .start(move |_: &ShardId| Forward(tx.clone()))
+//!     .await?;
+//!
+//! let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+//! dynamodb.put_item().table_name("orders").item("pk", AttributeValue::S("order-1".into())).send().await?;
+//! let delivered = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await?;
+//! assert_eq!(delivered.as_deref(), Some("pk=order-1"));
+//!
+//! assert_eq!(running.shutdown(Duration::from_secs(25)).await, ShutdownOutcome::Graceful);
+//! running.wait().await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Without the builder, [`DynamoStreamsSource::from_table`] (or
+//! [`from_stream_arn`](DynamoStreamsSource::from_stream_arn)) and [`DynamoLeaseStore::new`]
+//! with [`DynamoLeaseStore::ensure_table`] are the source and the lease store to hand to
+//! [`kcl_core::Worker::new`].
 
 mod boxed;
 pub mod builder;

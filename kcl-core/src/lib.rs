@@ -4,6 +4,60 @@
 //! DynamoDB Streams with a fleet of workers: leases, shard lineage, checkpoints and the
 //! processor lifecycle. The AWS side lives in `kcl-adapter`; this crate names no AWS type.
 //!
+//! You write a [`RecordProcessor`]; a [`Worker`] takes leases from a [`LeaseStore`], reads the
+//! shards of a [`StreamSource`] and hands each shard's records to a processor of its own.
+//! Here the in-memory stream simulator and lease store of `kcl_core::testing` (feature
+//! `testing`) stand in for DynamoDB:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use kcl_core::testing::{memory_store::MemoryLeaseStore, sim::{ChangeKind, SimRecord, StreamSimulator}};
+//! use kcl_core::{Batch, Checkpointer, Config, ProcessorError, RecordProcessor, ShardId, ShutdownOutcome, Worker};
+//! use tokio::sync::mpsc;
+//!
+//! /// Forwards the key of every record. Returning `Ok` lets the worker checkpoint the batch.
+//! struct Forward(mpsc::Sender<String>);
+//!
+//! impl RecordProcessor<SimRecord> for Forward {
+//!     async fn process_records(
+//!         &mut self,
+//!         batch: &Batch<SimRecord>,
+//!         _: &impl Checkpointer,
+//!     ) -> Result<(), ProcessorError> {
+//!         for record in &batch.records {
+//!             self.0.send(record.key.clone()).await.map_err(|e| ProcessorError::new(e.to_string()))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stream = StreamSimulator::with_shards(1);
+//! for key in ["a", "b", "c"] {
+//!     stream.write(key, ChangeKind::Insert);
+//! }
+//! let (tx, mut rx) = mpsc::channel(16);
+//! let config = Config::builder("orders-replicator").build()?;
+//! let registry = kcl_core::prometheus::Registry::new();
+//! let factory = move |_: &ShardId| Forward(tx.clone());
+//! let worker = Worker::new(config, stream, MemoryLeaseStore::new(), factory, &registry)?;
+//! let handle = worker.handle();
+//! let running = tokio::spawn(worker.run());
+//!
+//! let mut delivered = Vec::new();
+//! while delivered.len() < 3 {
+//!     let key = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await?;
+//!     delivered.push(key.ok_or("the worker stopped")?);
+//! }
+//! assert_eq!(delivered, ["a", "b", "c"]); // one shard: in the order written
+//! assert_eq!(handle.shutdown(Duration::from_secs(10)).await, ShutdownOutcome::Graceful);
+//! running.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Guarantees
 //! - **At-least-once**: every record retained in the stream reaches
 //!   [`RecordProcessor::process_records`] at least once, across crashes, lease moves and shard

@@ -8,8 +8,10 @@
 //! - [`jsonl`]: appends every record as a JSON line to a file (tests, debugging);
 //! - [`replicate`]: copies every change into another table, idempotently;
 //! - [`http`]: `/metrics`, `/healthz`, `/status`;
-//! - [`identity`]: the ECS task id, or `hostname-pid`, as the default worker id.
+//! - [`identity`]: the ECS task id, or `hostname-pid`, as the default worker id;
+//! - [`admin`]: what the `kcl-admin` binary does (status, reset, release).
 
+pub mod admin;
 pub mod http;
 pub mod identity;
 pub mod jsonl;

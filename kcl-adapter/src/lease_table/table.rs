@@ -99,6 +99,25 @@ impl DynamoLeaseStore {
         }
     }
 
+    /// Deletes the lease table and every lease and checkpoint in it (`kcl-admin forget`).
+    /// Checks first that it is a lease table (the key schema of
+    /// [`ensure_table`](Self::ensure_table)), so a mistyped application name cannot delete an
+    /// unrelated table; [`LeaseStoreErrorKind::TableNotFound`] when it does not exist.
+    pub async fn delete_table(&self) -> Result<(), LeaseStoreError> {
+        self.check_table().await?;
+        match self.client.delete_table().table_name(self.table_name()).send().boxed().await {
+            Ok(_) => {
+                tracing::info!(table = self.table_name(), "deleted the lease table");
+                Ok(())
+            }
+            Err(err) if code_of(&err) == Some("ResourceNotFoundException") => Err(LeaseStoreError::new(
+                LeaseStoreErrorKind::TableNotFound,
+                format!("lease table {} does not exist", self.table_name()),
+            )),
+            Err(err) => Err(lease_error(&format!("DeleteTable of lease table {}", self.table_name()), err)),
+        }
+    }
+
     async fn create_table(&self, options: &TableOptions) -> Result<(), LeaseStoreError> {
         let definition = |e: aws_sdk_dynamodb::error::BuildError| {
             LeaseStoreError::new(LeaseStoreErrorKind::Fatal, format!("building the lease table definition: {e}"))

@@ -86,6 +86,45 @@ pub(crate) fn worker_command(endpoint: &str, args: &[String], log: &Path) -> Com
     cmd
 }
 
+/// What one `kcl-admin` run returned.
+#[derive(Debug)]
+pub(crate) struct AdminRun {
+    /// Its exit code.
+    pub(crate) code: Option<i32>,
+    /// Its stdout (the report).
+    pub(crate) stdout: String,
+    /// Its stderr (errors).
+    pub(crate) stderr: String,
+}
+
+/// Runs `kcl-admin --application-name app ARGS` against the emulator to its exit, with
+/// `stdin` as its input; panics after two minutes.
+pub(crate) async fn run_admin(endpoint: &str, app: &str, args: &[&str], stdin: &str) -> AdminRun {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kcl-admin"));
+    for name in SCRUBBED {
+        cmd.env_remove(name);
+    }
+    cmd.arg("--application-name")
+        .arg(app)
+        .args(args)
+        .envs(aws_env(endpoint))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn kcl-admin: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes()).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await;
+    let out = out.unwrap_or_else(|_| panic!("kcl-admin {args:?} did not exit")).unwrap_or_else(|e| panic!("{e}"));
+    AdminRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// One running `worker` process. Dropping it kills the process.
 #[derive(Debug)]
 pub(crate) struct WorkerProcess {
