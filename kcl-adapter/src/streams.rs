@@ -9,7 +9,10 @@
 //! that cannot be placed in its shard, is [`SourceErrorKind::Undecodable`], naming the first
 //! record when the body shows it (see [`undecodable`]).
 
+mod identifier;
 pub mod undecodable;
+
+pub use identifier::kcl_stream_identifier;
 
 use std::collections::HashSet;
 

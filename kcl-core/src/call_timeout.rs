@@ -137,6 +137,14 @@ impl<S: StreamSource> TimedSource<S> {
 impl<S: StreamSource> StreamSource for TimedSource<S> {
     type Record = S::Record;
 
+    fn stream_of(&self, shard: &ShardId) -> Option<&str> {
+        self.inner.stream_of(shard)
+    }
+
+    fn consumes(&self, shard: &ShardId) -> bool {
+        self.inner.consumes(shard)
+    }
+
     async fn list_shards(&self) -> Result<Vec<ShardDescription>, SourceError> {
         self.limited("shard listing", self.limit * LISTING_FACTOR, self.inner.list_shards()).await
     }

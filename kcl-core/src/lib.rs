@@ -103,7 +103,7 @@ pub use lease::{
     HandoffRequest, Lease, LeaseKey, LeaseStore, LeaseStoreError, LeaseStoreErrorKind, LeaseUpdate, WorkerId,
 };
 pub use metrics::Metrics;
-pub use multi_stream::{MultiStream, MultiStreamError};
+pub use multi_stream::{MultiStream, MultiStreamError, MultiStreamSink};
 pub use processor::{Batch, InitializeInput, ProcessorError, RecordProcessor, RecordProcessorFactory};
 pub use shard::ShardId;
 pub use source::{

@@ -3,12 +3,15 @@
 //! Names start with `kcl_`. No metric is labelled with a shard id: thousands of shards would
 //! explode cardinality. Per-shard figures are in the worker's status snapshot instead.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The worker's metric set. Cheap to clone (every metric is reference counted).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    pub(crate) records_processed: IntCounter,
+    /// By `stream` ([`StreamSource::stream_of`](crate::StreamSource::stream_of); empty for one stream).
+    pub(crate) records_processed: IntCounterVec,
     /// Records a configured filter left out: not delivered, checkpointed past.
     pub(crate) records_filtered: IntCounter,
     /// Tumbling windows ended, by reason (elapsed, shard_ended, state_too_large).
@@ -17,7 +20,8 @@ pub struct Metrics {
     /// `batches{result="ok"}`, resolved once (the hot path).
     pub(crate) batches_ok: IntCounter,
     pub(crate) batch_seconds: Histogram,
-    pub(crate) iterator_age_seconds: IntGauge,
+    /// By `stream`, as `records_processed`.
+    pub(crate) iterator_age_seconds: IntGaugeVec,
     pub(crate) leases_held: IntGauge,
     pub(crate) lease_takes: IntCounterVec,
     pub(crate) lease_handoffs: IntCounterVec,
@@ -63,9 +67,13 @@ impl Metrics {
         let m = Self {
             read_ok_seconds: read_seconds.with_label_values(&["ok"]),
             batches_ok: batches.with_label_values(&["ok"]),
-            records_processed: IntCounter::new(
-                "kcl_records_processed_total",
-                "Records delivered to process_records and handled",
+            records_processed: IntCounterVec::new(
+                Opts::new(
+                    "kcl_records_processed_total",
+                    "Records delivered to process_records and handled, by stream (the MultiStream name; empty \
+                     for a worker of one stream)",
+                ),
+                &["stream"],
             )?,
             records_filtered: IntCounter::new(
                 "kcl_records_filtered_total",
@@ -85,9 +93,13 @@ impl Metrics {
                 HistogramOpts::new("kcl_batch_processing_seconds", "Time spent in one process_records call")
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             )?,
-            iterator_age_seconds: IntGauge::new(
-                "kcl_iterator_age_seconds",
-                "Age of the last record delivered, oldest among this worker's shards",
+            iterator_age_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "kcl_iterator_age_seconds",
+                    "Age of the last record delivered, oldest among this worker's shards of each stream (the \
+                     MultiStream name; empty for a worker of one stream)",
+                ),
+                &["stream"],
             )?,
             leases_held: IntGauge::new("kcl_leases_held", "Shard leases this worker owns")?,
             lease_takes: IntCounterVec::new(
@@ -180,6 +192,9 @@ impl Metrics {
                  the stall threshold",
             )?,
         };
+        // The one-stream series exist from the start (at 0), as before the label.
+        m.records_processed.with_label_values(&[""]);
+        m.iterator_age_seconds.with_label_values(&[""]);
         registry.register(Box::new(m.records_processed.clone()))?;
         registry.register(Box::new(m.records_filtered.clone()))?;
         registry.register(Box::new(m.windows_closed.clone()))?;

@@ -19,7 +19,8 @@
 //! ```
 
 use crate::{
-    RecordBatch, ShardDescription, ShardId, ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamSource,
+    DeadLetter, DeadLetterError, DeadLetterErrorKind, DeadLetterSink, RecordBatch, ShardDescription, ShardId,
+    ShardIterator, SourceError, SourceErrorKind, StartPosition, StreamRecord, StreamSource,
 };
 
 /// A stream list [`MultiStream::new`] refuses.
@@ -98,6 +99,40 @@ impl<S: StreamSource> MultiStream<S> {
     }
 }
 
+/// The dead-letter destination of a [`MultiStream`] worker: each letter goes to its stream's
+/// sink, with the shard id as that stream names it (without the `{name}:` prefix), so each
+/// sink can say which stream the records come from.
+#[derive(Clone, Debug)]
+pub struct MultiStreamSink<D> {
+    sinks: Vec<(String, D)>,
+}
+
+impl<D> MultiStreamSink<D> {
+    /// One sink per stream, named as in the [`MultiStream`] (the same rules for names).
+    pub fn new(sinks: Vec<(String, D)>) -> Result<Self, MultiStreamError> {
+        check_names(sinks.iter().map(|(n, _)| n.as_str()))?;
+        Ok(Self { sinks })
+    }
+}
+
+impl<R: StreamRecord, D: DeadLetterSink<R>> DeadLetterSink<R> for MultiStreamSink<D> {
+    async fn send(&self, letter: &DeadLetter<'_, R>) -> Result<(), DeadLetterError> {
+        let Some((index, inner)) = split_shard(self.sinks.iter().map(|(n, _)| n.as_str()), letter.shard_id) else {
+            let names: Vec<&str> = self.sinks.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(DeadLetterError::new(
+                DeadLetterErrorKind::NotFound,
+                format!(
+                    "shard {} belongs to none of the streams with a dead-letter destination ({})",
+                    letter.shard_id,
+                    names.join(", ")
+                ),
+            ));
+        };
+        let letter = DeadLetter { shard_id: &inner, ..*letter };
+        self.sinks[index].1.send(&letter).await
+    }
+}
+
 /// Checks a list of stream names (see [`MultiStream::new`]).
 fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), MultiStreamError> {
     let names: Vec<&str> = names.into_iter().collect();
@@ -140,6 +175,14 @@ fn split_iterator(iterator: &ShardIterator) -> Option<(usize, ShardIterator)> {
 
 impl<S: StreamSource> StreamSource for MultiStream<S> {
     type Record = S::Record;
+
+    fn stream_of(&self, shard: &ShardId) -> Option<&str> {
+        MultiStream::stream_of(self, shard)
+    }
+
+    fn consumes(&self, shard: &ShardId) -> bool {
+        self.split(shard).is_some()
+    }
 
     async fn list_shards(&self) -> Result<Vec<ShardDescription>, SourceError> {
         let mut all = Vec::new();

@@ -230,4 +230,22 @@ pub trait StreamSource: Send + Sync + 'static {
         iterator: &ShardIterator,
         limit: usize,
     ) -> impl Future<Output = Result<RecordBatch<Self::Record>, SourceError>> + Send;
+
+    /// The name of the stream `shard` belongs to, for the `stream` label of the per-stream
+    /// metrics (records processed, iterator age): a [`MultiStream`](crate::MultiStream)'s
+    /// stream name. `None` (the default) for a source of one stream: the label is then empty,
+    /// which Prometheus treats as no label.
+    fn stream_of(&self, shard: &ShardId) -> Option<&str> {
+        let _ = shard;
+        None
+    }
+
+    /// Whether this source reads `shard`. A worker leaves the leases of shards its source does
+    /// not consume alone (it neither takes, balances nor deletes them): the leases of a stream
+    /// removed from a [`MultiStream`](crate::MultiStream)'s configuration, which workers still
+    /// configured with it go on consuming. The default: every shard.
+    fn consumes(&self, shard: &ShardId) -> bool {
+        let _ = shard;
+        true
+    }
 }

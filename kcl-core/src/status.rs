@@ -86,6 +86,17 @@ impl WorkerStatus {
     pub fn max_lag(&self) -> Option<Duration> {
         self.shards.values().filter_map(|s| s.lag).max()
     }
+
+    /// The largest lag among held shards of each stream, as `stream_of` names a shard's
+    /// stream; a stream whose held shards have no lag yet maps to zero.
+    pub fn max_lag_by_stream(&self, stream_of: impl Fn(&ShardId) -> String) -> BTreeMap<String, Duration> {
+        let mut out: BTreeMap<String, Duration> = BTreeMap::new();
+        for (shard, status) in &self.shards {
+            let max = out.entry(stream_of(shard)).or_default();
+            *max = (*max).max(status.lag.unwrap_or_default());
+        }
+        out
+    }
 }
 
 /// The live status, updated by consumers.
@@ -197,5 +208,31 @@ impl StatusBoard {
 
     pub(crate) fn snapshot(&self) -> WorkerStatus {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_lag_per_stream() {
+        // (shards as (id, lag in seconds), expected per stream)
+        type Case = (Vec<(&'static str, Option<u64>)>, Vec<(&'static str, u64)>);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![]),
+            (vec![("a:1", Some(3)), ("a:2", Some(7)), ("b:1", Some(1))], vec![("a", 7), ("b", 1)]),
+            (vec![("a:1", None), ("b:1", Some(2))], vec![("a", 0), ("b", 2)]),
+        ];
+        for (shards, expected) in cases {
+            let board = StatusBoard::new(WorkerId::new("w"));
+            for (id, lag) in &shards {
+                board.update(&ShardId::new(*id), |s| s.lag = lag.map(Duration::from_secs));
+            }
+            let by = board.snapshot().max_lag_by_stream(|s| s.as_str().split(':').next().unwrap_or("").to_owned());
+            let expected: BTreeMap<String, Duration> =
+                expected.iter().map(|(k, v)| ((*k).to_owned(), Duration::from_secs(*v))).collect();
+            assert_eq!(by, expected, "{shards:?}");
+        }
     }
 }

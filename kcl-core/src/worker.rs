@@ -17,7 +17,7 @@ use crate::consumer::RecordPredicate;
 use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
-use crate::lease::coordinator::Coordinator;
+use crate::lease::coordinator::{Coordinator, Scope};
 use crate::lease::{LeaseKey, LeaseStore};
 use crate::metrics::Metrics;
 use crate::processor::RecordProcessorFactory;
@@ -233,9 +233,12 @@ where
     async fn run_inner(&self) -> Result<(), WorkerError> {
         // Lease tokens are children of `abort`: aborting stops every consumer at once.
         let coordinator = Arc::new(
-            Coordinator::start(self.store.clone(), self.config.clone(), self.metrics.clone(), self.abort.clone())
-                .await
-                .map_err(WorkerError::LeaseTable)?,
+            Coordinator::start(self.store.clone(), self.config.clone(), self.metrics.clone(), self.abort.clone(), {
+                let source = self.source.clone();
+                Scope(Arc::new(move |shard: &crate::shard::ShardId| source.consumes(shard)))
+            })
+            .await
+            .map_err(WorkerError::LeaseTable)?,
         );
         match coordinator.check_unique_id().await {
             Ok(None) => {}
@@ -299,6 +302,8 @@ where
 
         let mut consumers = Consumers::default();
         let mut next_take = Instant::now();
+        // Streams with an iterator-age series: set to 0 once none of their shards is held here.
+        let mut streams_seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::from([String::new()]);
         let mut poll = tokio::time::interval(self.config.heartbeat_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -320,8 +325,7 @@ where
                     if coordinator.poll_heartbeats().await {
                         next_take = self.take(&ctx, &coordinator, &mut consumers).await;
                     }
-                    let age = self.status.snapshot().max_lag().map_or(0, |d| d.as_secs() as i64);
-                    self.metrics.iterator_age_seconds.set(age);
+                    self.publish_iterator_ages(&mut streams_seen);
                     self.watchdog(&coordinator, &consumers).await;
                 }
             }
@@ -382,6 +386,20 @@ where
 
     /// The stall watchdog: reports held shards without progress, and releases them when so
     /// configured. Also checks that every held lease has a live consumer task.
+    /// Sets `kcl_iterator_age_seconds` of each stream to the largest lag among its shards held
+    /// here, and to 0 for a stream whose shards are no longer held here.
+    fn publish_iterator_ages(&self, seen: &mut std::collections::BTreeSet<String>) {
+        let ages =
+            self.status.snapshot().max_lag_by_stream(|s| self.source.stream_of(s).unwrap_or_default().to_owned());
+        for stream in seen.iter().filter(|s| !ages.contains_key(*s)) {
+            self.metrics.iterator_age_seconds.with_label_values(&[stream]).set(0);
+        }
+        for (stream, age) in ages {
+            self.metrics.iterator_age_seconds.with_label_values(&[&stream]).set(age.as_secs() as i64);
+            seen.insert(stream);
+        }
+    }
+
     async fn watchdog(&self, coordinator: &Coordinator<TimedStore<L>>, consumers: &Consumers) {
         let consumed: std::collections::HashSet<&LeaseKey> = consumers.by_task.values().collect();
         for held in coordinator.held() {

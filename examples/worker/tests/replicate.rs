@@ -235,7 +235,7 @@ async fn worker_replicates_a_live_table() {
     let wanted = [
         "kcl_example_replicated_total{outcome=\"written\"} 40",
         "kcl_example_replicated_total{outcome=\"tombstoned\"} 4",
-        "kcl_records_processed_total 44",
+        "kcl_records_processed_total{stream=\"\"} 44",
     ];
     let addr = worker.metrics;
     common::eventually(

@@ -31,6 +31,8 @@ async fn bad_input_stops_the_worker_with_the_fix() {
     local.create_table(&no_stream, None).await;
     let with_stream = unique_name("with-stream");
     local.create_stream_table(&with_stream).await;
+    let other_stream = unique_name("with-stream-2");
+    local.create_stream_table(&other_stream).await;
     let metrics = ["--metrics-addr", "127.0.0.1:0"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -42,6 +44,47 @@ async fn bad_input_stops_the_worker_with_the_fix() {
             "has no stream: enable a stream with StreamViewType NEW_AND_OLD_IMAGES",
         ),
         (vec!["--table", &with_stream, "--application-name", "cli-3"], "--processor jsonl needs --output PATH"),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--table",
+                &with_stream,
+                "--application-name",
+                "cli-m1",
+                "--output",
+                "/dev/null",
+            ],
+            "is listed twice: list each table or stream once",
+        ),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--stream-arn",
+                "orders",
+                "--application-name",
+                "cli-m2",
+                "--output",
+                "/dev/null",
+            ],
+            "orders is not a DynamoDB stream ARN",
+        ),
+        (
+            vec![
+                "--table",
+                &with_stream,
+                "--table",
+                &other_stream,
+                "--application-name",
+                "cli-m3",
+                "--processor",
+                "replicate",
+                "--target-table",
+                &with_stream,
+            ],
+            "--processor replicate copies one table into --target-table: give one --table",
+        ),
         (
             vec!["--table", &with_stream, "--application-name", "cli-4", "--processor", "replicate"],
             "--processor replicate needs --target-table NAME",
@@ -173,7 +216,11 @@ async fn endpoints_ecs_worker_id_and_graceful_sigint() {
 
     assert_eq!(common::http_get(worker.metrics, "/healthz").await, (200, "ok\n".to_owned()));
     // The counters move when process_records returns, a moment after the lines are written.
-    let wanted = ["kcl_records_processed_total 3", "kcl_leases_held 1", "kcl_lease_takes_total{reason=\"unowned\"} 1"];
+    let wanted = [
+        "kcl_records_processed_total{stream=\"\"} 3",
+        "kcl_leases_held 1",
+        "kcl_lease_takes_total{reason=\"unowned\"} 1",
+    ];
     let addr = worker.metrics;
     common::eventually(
         "the metrics to count the records",

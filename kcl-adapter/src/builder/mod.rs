@@ -17,6 +17,9 @@
 //! # }
 //! ```
 //!
+//! Several `.table(..)` (or `.stream_arn(..)`) calls make one worker of several streams with
+//! one lease table ([`kcl_core::MultiStream`]).
+//!
 //! The application name is the single name for the fleet: `Config`'s application name and
 //! the lease table's name. Every optional call (a dead-letter queue, a registry, config
 //! overrides, lease-table options, a record filter, signal handling) leaves the builder's
@@ -36,11 +39,12 @@ use std::time::Duration;
 
 use kcl_core::prometheus::Registry;
 use kcl_core::{
-    Config, ConfigBuilder, DeadLetterError, LeaseStoreErrorKind, RecordProcessorFactory, ShutdownOutcome, Worker,
-    WorkerError, WorkerHandle, WorkerStatus,
+    Config, ConfigBuilder, DeadLetterError, DeadLetterSink, LeaseStoreErrorKind, MultiStream, MultiStreamSink,
+    RecordProcessorFactory, ShutdownOutcome, StreamSource, Worker, WorkerError, WorkerHandle, WorkerStatus,
 };
 use tokio::task::JoinHandle;
 
+use crate::streams::kcl_stream_identifier;
 use crate::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 
 /// How long a graceful stop after a signal may take by default: 25 s, inside the 30 s that
@@ -57,12 +61,13 @@ pub enum BuilderError {
     /// Neither a table nor a stream ARN was given.
     #[error("no stream to consume: call .table(name) or .stream_arn(arn) on the WorkerBuilder")]
     NoSource,
-    /// More than one table or stream was given.
-    #[error(
-        "{0} streams were given ({1}): a worker consumes one stream; run one application (one \
-         WorkerBuilder with its own application name) per table"
-    )]
-    SeveralSources(usize, String),
+    /// Several tables or streams were given and one has no multi-stream identifier (a
+    /// stream ARN that is not a DynamoDB stream's).
+    #[error("{0} is not a DynamoDB stream ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL)")]
+    BadStreamArn(String),
+    /// Two of the streams are the same.
+    #[error(transparent)]
+    Streams(#[from] kcl_core::MultiStreamError),
     /// The lease table does not exist and was not to be created.
     #[error(
         "lease table {0} does not exist: call .create_lease_table() on the WorkerBuilder, or create it \
@@ -138,7 +143,11 @@ impl WorkerBuilder {
         }
     }
 
-    /// Consumes the latest stream of table `name` (found with `DescribeTable` at start).
+    /// Consumes the latest stream of table `name` (found with `DescribeTable` at start). Call
+    /// it (or [`stream_arn`](Self::stream_arn)) more than once to consume several streams with
+    /// one lease table: leases are then keyed `{identifier}:{shardId}` with the Java DynamoDB
+    /// Streams adapter's multi-stream identifier ([`kcl_stream_identifier`]), and the fleet
+    /// balances the leases of all streams together.
     pub fn table(mut self, name: impl Into<String>) -> Self {
         self.tables.push(name.into());
         self
@@ -214,15 +223,28 @@ impl WorkerBuilder {
         }
         let dynamodb = aws_sdk_dynamodb::Client::new(&self.sdk);
         let streams = aws_sdk_dynamodbstreams::Client::new(&self.sdk);
-        let source = match (self.tables.as_slice(), self.stream_arns.as_slice()) {
-            ([table], []) => {
-                DynamoStreamsSource::from_table(&dynamodb, streams, table).await.map_err(WorkerError::Stream)?
-            }
-            ([], [arn]) => DynamoStreamsSource::from_stream_arn(streams, arn),
-            ([], []) => return Err(BuilderError::NoSource),
-            (tables, arns) => {
-                let all: Vec<&str> = tables.iter().chain(arns).map(String::as_str).collect();
-                return Err(BuilderError::SeveralSources(all.len(), all.join(", ")));
+        let mut sources = Vec::new();
+        for table in &self.tables {
+            sources.push(
+                DynamoStreamsSource::from_table(&dynamodb, streams.clone(), table)
+                    .await
+                    .map_err(WorkerError::Stream)?,
+            );
+        }
+        sources.extend(self.stream_arns.iter().map(|arn| DynamoStreamsSource::from_stream_arn(streams.clone(), arn)));
+        let stream_arns: Vec<String> = sources.iter().map(|s| s.stream_arn().to_owned()).collect();
+        let sources = match <[DynamoStreamsSource; 1]>::try_from(sources) {
+            Ok([source]) => Sources::One(source),
+            Err(sources) if sources.is_empty() => return Err(BuilderError::NoSource),
+            Err(sources) => {
+                let mut named = Vec::new();
+                for source in sources {
+                    let name = kcl_stream_identifier(source.stream_arn())
+                        .ok_or_else(|| BuilderError::BadStreamArn(source.stream_arn().to_owned()))?;
+                    named.push((name, source));
+                }
+                let names = named.iter().map(|(n, _)| n.clone()).collect();
+                Sources::Several(MultiStream::new(named)?, names)
             }
         };
         let store = DynamoLeaseStore::new(dynamodb, &self.application);
@@ -233,18 +255,65 @@ impl WorkerBuilder {
                 _ => BuilderError::Worker(WorkerError::LeaseTable(e)),
             })?,
         }
-        let dead_letter = match &self.dead_letter_queue {
-            Some(queue) => {
-                let sink = SqsDeadLetterSink::new(aws_sdk_sqs::Client::new(&self.sdk), queue, source.stream_arn());
-                sink.verify().await.map_err(|source| BuilderError::DeadLetter { queue: queue.clone(), source })?;
-                Some(sink)
+        let mut dead_letters = Vec::new();
+        if let Some(queue) = &self.dead_letter_queue {
+            for arn in &stream_arns {
+                let sink = SqsDeadLetterSink::new(aws_sdk_sqs::Client::new(&self.sdk), queue, arn);
+                if dead_letters.is_empty() {
+                    sink.verify().await.map_err(|source| BuilderError::DeadLetter { queue: queue.clone(), source })?;
+                }
+                dead_letters.push(sink);
             }
-            None => None,
-        };
+        }
         let registry = self.registry.unwrap_or_default();
-        let stream_arn = source.stream_arn().to_owned();
-        let mut worker = Worker::new(config, source, store, factory, &registry).map_err(BuilderError::Worker)?;
-        if let Some(keep) = self.record_filter {
+        let parts = Parts { config, store, registry: &registry, filter: self.record_filter };
+        let (handle, task) = match sources {
+            Sources::One(source) => parts.spawn(source, factory, dead_letters.pop())?,
+            Sources::Several(source, names) => {
+                let sinks = match dead_letters.is_empty() {
+                    true => None,
+                    false => Some(MultiStreamSink::new(names.into_iter().zip(dead_letters).collect())?),
+                };
+                parts.spawn(source, factory, sinks)?
+            }
+        };
+        let signalled = Arc::new(AtomicBool::new(false));
+        let signals = self.signals.map(|deadline| {
+            let signalled = Arc::clone(&signalled);
+            tokio::spawn(stop_on_signals(handle.clone(), deadline, move |_| signalled.store(true, Ordering::SeqCst)))
+        });
+        tracing::info!(application = %self.application, streams = ?stream_arns, "worker started");
+        Ok(RunningWorker { handle, task, signals, signalled, registry, stream_arns })
+    }
+}
+
+/// The streams to consume: one keeps plain shard ids as lease keys (Java KCL's single-stream
+/// layout); several are keyed `{identifier}:{shardId}` (the Java adapter's multi-stream
+/// layout), with the identifiers in order.
+enum Sources {
+    One(DynamoStreamsSource),
+    Several(MultiStream<DynamoStreamsSource>, Vec<String>),
+}
+
+/// What [`WorkerBuilder::start`] hands to the worker whatever its source.
+struct Parts<'a> {
+    config: Config,
+    store: DynamoLeaseStore,
+    registry: &'a Registry,
+    filter: Option<RecordFilter>,
+}
+
+type Running = (WorkerHandle, JoinHandle<Result<(), WorkerError>>);
+
+impl Parts<'_> {
+    fn spawn<S, F, D>(self, source: S, factory: F, dead_letter: Option<D>) -> Result<Running, BuilderError>
+    where
+        S: StreamSource<Record = ChangeRecord>,
+        F: RecordProcessorFactory<ChangeRecord>,
+        D: DeadLetterSink<ChangeRecord>,
+    {
+        let mut worker = Worker::new(self.config, source, self.store, factory, self.registry)?;
+        if let Some(keep) = self.filter {
             worker = worker.with_record_filter(move |r| keep(r));
         }
         let handle = worker.handle();
@@ -252,13 +321,7 @@ impl WorkerBuilder {
             Some(sink) => tokio::spawn(worker.with_dead_letter(sink).run()),
             None => tokio::spawn(worker.run()),
         };
-        let signalled = Arc::new(AtomicBool::new(false));
-        let signals = self.signals.map(|deadline| {
-            let signalled = Arc::clone(&signalled);
-            tokio::spawn(stop_on_signals(handle.clone(), deadline, move |_| signalled.store(true, Ordering::SeqCst)))
-        });
-        tracing::info!(application = %self.application, stream = %stream_arn, "worker started");
-        Ok(RunningWorker { handle, task, signals, signalled, registry, stream_arn })
+        Ok((handle, task))
     }
 }
 
@@ -277,7 +340,7 @@ pub struct RunningWorker {
     /// A signal came: the graceful stop it started finishes the signal task.
     signalled: Arc<AtomicBool>,
     registry: Registry,
-    stream_arn: String,
+    stream_arns: Vec<String>,
 }
 
 impl RunningWorker {
@@ -297,9 +360,14 @@ impl RunningWorker {
         &self.registry
     }
 
-    /// The ARN of the stream consumed.
+    /// The ARN of the (first) stream consumed.
     pub fn stream_arn(&self) -> &str {
-        &self.stream_arn
+        self.stream_arns.first().map_or("", String::as_str)
+    }
+
+    /// The ARNs of every stream consumed, in the order given.
+    pub fn stream_arns(&self) -> &[String] {
+        &self.stream_arns
     }
 
     /// Stops gracefully within `deadline`: every shard is checkpointed and its lease released.

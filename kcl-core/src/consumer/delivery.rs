@@ -30,6 +30,12 @@ enum Attempt {
 }
 
 impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerContext<S, L, D> {
+    /// Counts `n` records handled, under the shard's stream.
+    fn processed(&self, held: &HeldLease, n: usize) {
+        let stream = self.source.stream_of(&held.shard_id).unwrap_or("");
+        self.metrics.records_processed.with_label_values(&[stream]).inc_by(n as u64);
+    }
+
     /// Delivers one batch under the failure policy: retries with backoff, optional bisecting,
     /// partial batch failures, a timeout per call, and, once retries are exhausted, the
     /// dead-letter destination (or a stop of the shard). Returns the last record's number.
@@ -110,7 +116,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     self.window_state(held, processor, slot, state).await?;
                 }
                 self.metrics.batches_ok.inc();
-                self.metrics.records_processed.inc_by(part.records.len() as u64);
+                self.processed(held, part.records.len());
                 self.status.processed(&held.shard_id, part.records.len() as u64, last, part.lag);
                 return Ok(Attempt::Done);
             }
@@ -130,7 +136,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
             let done = part.records.iter().take_while(|r| *r.sequence_number() < first_failed).count();
             if done > 0 {
                 let handled = part.records[done - 1].sequence_number().clone();
-                self.metrics.records_processed.inc_by(done as u64);
+                self.processed(held, done);
                 self.status.processed(&held.shard_id, done as u64, handled.clone(), part.lag);
                 let written = checkpointer.offer(handled, Trigger::Requested).await;
                 self.checkpointed(held, written)?;

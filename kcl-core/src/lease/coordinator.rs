@@ -40,6 +40,24 @@ use crate::metrics::Metrics;
 /// Attempts at registering the heartbeat when a worker starts, for retryable errors.
 const START_RETRIES: usize = 10;
 
+/// Which shards' leases this worker considers: those its source consumes
+/// ([`StreamSource::consumes`](crate::StreamSource::consumes)). The others are left alone.
+#[derive(Clone)]
+pub(crate) struct Scope(pub(crate) Arc<dyn Fn(&crate::shard::ShardId) -> bool + Send + Sync>);
+
+impl Scope {
+    /// Whether the lease of `key` is this worker's concern (heartbeats always are).
+    fn contains(&self, key: &LeaseKey) -> bool {
+        key.shard_id().is_none_or(|s| (self.0)(&s))
+    }
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scope")
+    }
+}
+
 /// Concurrent lease-table writes of a take cycle.
 const WRITE_CONCURRENCY: usize = 32;
 
@@ -111,6 +129,8 @@ pub(crate) struct Coordinator<S> {
     cycles: std::sync::atomic::AtomicU64,
     /// Whether a live heartbeat of another process with this worker id was reported.
     twin_reported: std::sync::atomic::AtomicBool,
+    /// The shards whose leases this worker considers.
+    scope: Scope,
 }
 
 impl<S: LeaseStore> Coordinator<S> {
@@ -120,6 +140,7 @@ impl<S: LeaseStore> Coordinator<S> {
         config: Arc<Config>,
         metrics: Metrics,
         token: CancellationToken,
+        scope: Scope,
     ) -> Result<Self, LeaseStoreError> {
         let seed = incarnation_seed(config.worker_id());
         let mut delays = ExponentialBuilder::default()
@@ -144,6 +165,7 @@ impl<S: LeaseStore> Coordinator<S> {
         };
         Ok(Self {
             twin_reported: std::sync::atomic::AtomicBool::new(false),
+            scope,
             store,
             metrics,
             liveness: Arc::new(Liveness::new(sent)),
@@ -306,7 +328,11 @@ impl<S: LeaseStore> Coordinator<S> {
     /// One take cycle: scan, judge expiry, take and steal.
     pub(crate) async fn take_cycle(&self) -> TakeOutcome {
         let items = match self.store.list().await {
-            Ok(items) => Arc::new(items),
+            Ok(mut items) => {
+                // Leases of streams this worker is not configured for are not its concern.
+                items.retain(|l| self.scope.contains(&l.key));
+                Arc::new(items)
+            }
             Err(e) => {
                 self.metrics.lease_table_errors.with_label_values(&["list"]).inc();
                 tracing::warn!(error = %e, "lease table scan failed; will retry next cycle");

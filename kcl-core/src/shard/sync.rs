@@ -60,7 +60,11 @@ impl<S: StreamSource, L: LeaseStore> ShardSync<S, L> {
             snapshot.leases
         } else {
             match self.coordinator.store().list().await {
-                Ok(l) => Arc::new(l),
+                // As the take cycle does: leases of streams the source does not read are left alone.
+                Ok(mut l) => {
+                    l.retain(|l| l.key.shard_id().is_none_or(|s| self.source.consumes(&s)));
+                    Arc::new(l)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease table scan for shard sync failed; will retry");
                     return Ok(());

@@ -5,7 +5,15 @@
 //! ```text
 //! worker --table orders --application-name orders-archiver --processor jsonl --output /tmp/orders.jsonl
 //! worker --table orders --application-name orders-replica --processor replicate --target-table orders-copy
+//! worker --table orders --table payments --table refunds --application-name audit --output /tmp/audit.jsonl
 //! ```
+//!
+//! With several `--table`s (or `--stream-arn`s) one lease table holds the leases of every
+//! stream, keyed `{identifier}:{shardId}` with the Java DynamoDB Streams adapter's
+//! multi-stream identifier of each stream (`kcl_adapter::streams::kcl_stream_identifier`), and
+//! the fleet balances them together; streams are added or removed by restarting with another
+//! list (a removed stream's leases are left as they are). The `replicate` processor takes one
+//! table.
 //!
 //! Every flag has an environment variable (`KCL_TABLE`, `KCL_APPLICATION_NAME`, …; see
 //! `--help`). Credentials, region and endpoint come from the AWS default chain
@@ -33,11 +41,12 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::builder::stop_on_signals;
+use kcl_adapter::streams::kcl_stream_identifier;
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
-    CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, RecordProcessorFactory, ShardId, ShutdownOutcome, Worker,
-    WorkerError,
+    CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, MultiStream, MultiStreamSink, RecordProcessorFactory,
+    ShardId, ShutdownOutcome, StreamSource, Worker, WorkerError,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
@@ -76,14 +85,15 @@ enum CheckpointPolicyArg {
 /// Consumes a DynamoDB stream as one worker of a fleet.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
-#[command(group(ArgGroup::new("stream").required(true).args(["table", "stream_arn"])))]
+#[command(group(ArgGroup::new("stream").required(true).multiple(true).args(["table", "stream_arn"])))]
 struct Args {
-    /// The source table; its latest stream is read.
-    #[arg(long, env = "KCL_TABLE")]
-    table: Option<String>,
-    /// The stream to read, instead of `--table`.
-    #[arg(long, env = "KCL_STREAM_ARN")]
-    stream_arn: Option<String>,
+    /// The source table; its latest stream is read. Repeat it (or list tables separated by
+    /// commas in `KCL_TABLE`) to consume several tables with one lease table.
+    #[arg(long, env = "KCL_TABLE", value_delimiter = ',')]
+    table: Vec<String>,
+    /// A stream to read, instead of or besides `--table`s; repeatable like `--table`.
+    #[arg(long, env = "KCL_STREAM_ARN", value_delimiter = ',')]
+    stream_arn: Vec<String>,
     /// The consumer application's name; it is also the lease table's name.
     #[arg(long, env = "KCL_APPLICATION_NAME")]
     application_name: String,
@@ -321,38 +331,90 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
 
-    let source = match (&args.table, &args.stream_arn) {
-        (_, Some(arn)) => DynamoStreamsSource::from_stream_arn(streams.clone(), arn),
-        (Some(table), None) => {
-            DynamoStreamsSource::from_table(&dynamodb, streams.clone(), table).await.map_err(WorkerError::Stream)?
-        }
-        // clap's required group makes this unreachable; say what is missing anyway.
-        (None, None) => return Err("give the source with --table or --stream-arn".into()),
-    };
-    if let Chosen::Replicate(target) = &chosen {
-        check_replication(&dynamodb, &streams, source.stream_arn(), target).await?;
+    let mut sources = Vec::new();
+    for table in &args.table {
+        sources.push(
+            DynamoStreamsSource::from_table(&dynamodb, streams.clone(), table).await.map_err(WorkerError::Stream)?,
+        );
     }
-    let dead_letter = match &args.dead_letter_queue_url {
-        Some(url) => Some(dead_letter_sink(&args, &sdk, url, source.stream_arn()).await?),
-        None => None,
+    sources.extend(args.stream_arn.iter().map(|arn| DynamoStreamsSource::from_stream_arn(streams.clone(), arn)));
+    let arns: Vec<String> = sources.iter().map(|s| s.stream_arn().to_owned()).collect();
+    // Several streams: one lease table, keys in the Java adapter's multi-stream layout. Checked
+    // before anything is created.
+    let several = match <[DynamoStreamsSource; 1]>::try_from(sources) {
+        Ok([source]) => Err(source),
+        Err(sources) => {
+            if args.processor == ProcessorKind::Replicate {
+                return Err("--processor replicate copies one table into --target-table: give one --table (run \
+                            one worker per table to replicate several)"
+                    .into());
+            }
+            let mut named = Vec::new();
+            for source in sources {
+                let Some(name) = kcl_stream_identifier(source.stream_arn()) else {
+                    return Err(format!("{} is not a DynamoDB stream ARN (--stream-arn)", source.stream_arn()).into());
+                };
+                named.push((name, source));
+            }
+            let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+            Ok((MultiStream::new(named)?, names))
+        }
     };
     let store = DynamoLeaseStore::new(dynamodb.clone(), &args.application_name);
     if args.create_lease_table {
         store.ensure_table(&TableOptions::default()).await.map_err(WorkerError::LeaseTable)?;
     }
     let registry = prometheus::Registry::new();
-    tracing::info!(worker = %worker_id, stream = source.stream_arn(), lease_table = %args.application_name, "starting");
+    tracing::info!(worker = %worker_id, streams = ?arns, lease_table = %args.application_name, "starting");
+    let (source, names) = match several {
+        Err(source) => return serve_one(&args, &sdk, &dynamodb, config, source, store, chosen, registry).await,
+        Ok(several) => several,
+    };
+    let dead_letter = match &args.dead_letter_queue_url {
+        Some(url) => {
+            let mut sinks = Vec::new();
+            for (name, arn) in names.into_iter().zip(&arns) {
+                sinks.push((name, dead_letter_sink(&args, &sdk, url, arn).await?));
+            }
+            Some(MultiStreamSink::new(sinks)?)
+        }
+        None => None,
+    };
+    let Chosen::Jsonl(sink) = chosen else { return Err("--processor replicate takes one table".into()) };
+    let factory = move |shard: &ShardId| sink.processor(shard);
+    serve(&args, config, source, store, factory, dead_letter, registry).await
+}
 
+/// [`run`] for one stream: plain shard ids as lease keys (Java KCL's single-stream layout).
+#[allow(clippy::too_many_arguments)]
+async fn serve_one(
+    args: &Args,
+    sdk: &aws_config::SdkConfig,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    config: Config,
+    source: DynamoStreamsSource,
+    store: DynamoLeaseStore,
+    chosen: Chosen,
+    registry: prometheus::Registry,
+) -> Result<ExitCode, StartError> {
+    if let Chosen::Replicate(target) = &chosen {
+        let streams = aws_sdk_dynamodbstreams::Client::new(sdk);
+        check_replication(dynamodb, &streams, source.stream_arn(), target).await?;
+    }
+    let dead_letter = match &args.dead_letter_queue_url {
+        Some(url) => Some(dead_letter_sink(args, sdk, url, source.stream_arn()).await?),
+        None => None,
+    };
     match chosen {
         Chosen::Jsonl(sink) => {
             let factory = move |shard: &ShardId| sink.processor(shard);
-            serve(&args, config, source, store, factory, dead_letter, registry).await
+            serve(args, config, source, store, factory, dead_letter, registry).await
         }
         Chosen::Replicate(target) => {
             let replicator = Arc::new(Replicator::new(dynamodb.clone(), target));
             replicator.register_metrics(&registry)?;
             let factory = move |_: &ShardId| ReplicateProcessor::new(replicator.clone());
-            serve(&args, config, source, store, factory, dead_letter, registry).await
+            serve(args, config, source, store, factory, dead_letter, registry).await
         }
     }
 }
@@ -378,17 +440,19 @@ async fn dead_letter_sink(
 }
 
 /// Runs the worker with its HTTP endpoints until a signal stops it.
-async fn serve<F>(
+async fn serve<S, F, D>(
     args: &Args,
     config: Config,
-    source: DynamoStreamsSource,
+    source: S,
     store: DynamoLeaseStore,
     factory: F,
-    dead_letter: Option<SqsDeadLetterSink>,
+    dead_letter: Option<D>,
     registry: prometheus::Registry,
 ) -> Result<ExitCode, StartError>
 where
+    S: StreamSource<Record = ChangeRecord>,
     F: RecordProcessorFactory<ChangeRecord>,
+    D: DeadLetterSink<ChangeRecord>,
 {
     let worker = Worker::new(config, source, store, factory, &registry)?;
     match dead_letter {
@@ -398,12 +462,13 @@ where
 }
 
 /// [`serve`] with the worker built.
-async fn drive<F, D>(
+async fn drive<S, F, D>(
     args: &Args,
-    worker: Worker<DynamoStreamsSource, DynamoLeaseStore, F, D>,
+    worker: Worker<S, DynamoLeaseStore, F, D>,
     registry: prometheus::Registry,
 ) -> Result<ExitCode, StartError>
 where
+    S: StreamSource<Record = ChangeRecord>,
     F: RecordProcessorFactory<ChangeRecord>,
     D: DeadLetterSink<ChangeRecord>,
 {

@@ -127,3 +127,21 @@ pub(crate) fn stream_n(item: Option<&HashMap<String, StreamValue>>, name: &str) 
         _ => None,
     }
 }
+
+/// The streams of several tables as one, as a multi-stream worker sees them: each stream's
+/// shard ids (and parents) prefixed with its name and `:`, records in sequence-number order
+/// (DynamoDB Local numbers the records of all streams from one counter).
+pub(crate) fn merge_dumps(named: Vec<(String, Dump)>) -> Dump {
+    let mut merged = Dump::default();
+    for (name, dump) in named {
+        let id = |s: &str| format!("{name}:{s}");
+        merged.shards.extend(dump.shards.into_iter().map(|s| DumpShard {
+            id: id(&s.id),
+            parent: s.parent.as_deref().map(id),
+            closed: s.closed,
+        }));
+        merged.records.extend(dump.records.into_iter().map(|r| DumpRecord { shard: id(&r.shard), ..r }));
+    }
+    merged.records.sort_by(|a, b| a.seq.cmp(&b.seq));
+    merged
+}

@@ -224,7 +224,11 @@ pub(crate) async fn wait_shards_finished(
     timeout: Duration,
 ) {
     let shards = list_shards(streams, arn).await;
-    let shards = &shards;
+    wait_shards_finished_in(store, &shards, timeout).await;
+}
+
+/// [`wait_shards_finished`] for shards already listed (with ids as their leases name them).
+pub(crate) async fn wait_shards_finished_in(store: &DynamoLeaseStore, shards: &[DumpShard], timeout: Duration) {
     eventually("every closed shard to reach SHARD_END", timeout, Duration::from_millis(250), || async move {
         let leases = shard_leases(store).await?;
         // A finished lease may already be deleted (its children started).

@@ -175,6 +175,8 @@ impl WorkerFile {
 pub(crate) struct Fleet {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) table: String,
+    /// More tables every worker consumes (`--table` again): a multi-stream fleet.
+    pub(crate) extra_tables: Vec<String>,
     pub(crate) app: String,
     pub(crate) lease_duration: Duration,
     pub(crate) prefix: String,
@@ -192,6 +194,7 @@ impl Fleet {
         Self {
             dir,
             table: table.to_owned(),
+            extra_tables: Vec::new(),
             app: app.to_owned(),
             lease_duration,
             prefix: prefix.to_owned(),
@@ -214,7 +217,7 @@ impl Fleet {
         let output = self.dir.path().join(format!("{name}.jsonl"));
         let log = self.dir.path().join(format!("{name}.log"));
         let id = self.id_of(name);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--table",
             &self.table,
             "--application-name",
@@ -239,6 +242,9 @@ impl Fleet {
         .iter()
         .map(|a| (*a).to_owned())
         .collect();
+        for table in &self.extra_tables {
+            args.extend(["--table".to_owned(), table.clone()]);
+        }
         let worker = WorkerProcess::spawn(name, &id, endpoint, &args, &log).await;
         let file = WorkerFile {
             name: name.to_owned(),

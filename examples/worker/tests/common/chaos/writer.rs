@@ -139,6 +139,19 @@ impl Writer {
         per_second: u32,
         items: usize,
     ) -> Self {
+        Self::start_prefixed(client, table, String::new(), seed, per_second, items)
+    }
+
+    /// [`Writer::start`] with item keys `{prefix}item-NNNN`, so that writers of several
+    /// tables never share an item.
+    pub(crate) fn start_prefixed(
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+        prefix: String,
+        seed: u64,
+        per_second: u32,
+        items: usize,
+    ) -> Self {
         let stop = CancellationToken::new();
         let count = Arc::new(AtomicUsize::new(0));
         let (token, done) = (stop.clone(), count.clone());
@@ -156,7 +169,7 @@ impl Writer {
                     _ = token.cancelled() => break,
                 }
                 let i = rng.random_range(0..items);
-                let pk = format!("item-{i:04}");
+                let pk = format!("{prefix}item-{i:04}");
                 let (present, last) = state[i];
                 let delete = present.is_some() && rng.random_range(0..6) == 0;
                 let (result, label, next) = if delete {
