@@ -9,10 +9,12 @@
 //! - [`replicate`]: copies every change into another table, idempotently;
 //! - [`http`]: `/metrics`, `/healthz`, `/status`;
 //! - [`identity`]: the ECS task id, or `hostname-pid`, as the default worker id;
-//! - [`admin`]: what the `kcl-admin` binary does (status, reset, release).
+//! - [`admin`]: what the `kcl-admin` binary does (status, reset, release);
+//! - [`streams`]: the `--table`s and `--stream-arn`s as one source.
 
 pub mod admin;
 pub mod http;
 pub mod identity;
 pub mod jsonl;
 pub mod replicate;
+pub mod streams;

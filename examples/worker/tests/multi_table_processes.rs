@@ -12,7 +12,8 @@
 //! one owner, fenced checkpoints, redeliveries only after a lease move), and the final lease
 //! table must match the streams. On top: every lease key names one of the three streams, the
 //! open leases of all streams are balanced over the live workers, and the workers count the
-//! records of each stream under its own `stream` label.
+//! records of each stream under its own `stream` label, and `kcl-admin status` given the three
+//! tables sees every shard caught up.
 //!
 //! DynamoDB Local that cannot start fails the test; it is never skipped. The outputs and
 //! logs are kept after a failure, or always with `MULTI_KEEP_OUTPUT=1`.
@@ -27,7 +28,7 @@ use common::chaos::{
     dump_stream, list_shards, merge_dumps, verify, wait_processed, wait_shards_finished_in, wall_nanos,
 };
 use common::leases::{holders, shard_leases};
-use common::{eventually, http_get, start_emulator};
+use common::{eventually, http_get, run_admin, start_emulator};
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::unique_name;
 use kcl_adapter::streams::kcl_stream_identifier;
@@ -159,6 +160,27 @@ async fn three_tables_in_one_fleet_through_rollovers_and_a_sigkill() {
     for name in &names {
         assert!(per_stream.get(name).is_some_and(|n| *n > 0.0), "no records counted for stream {name}: {per_stream:?}");
     }
+
+    // `kcl-admin status` over the three streams: both live workers, every shard caught up.
+    let mut status_args = vec!["status".to_owned(), "--json".to_owned()];
+    for t in &tables {
+        status_args.extend(["--table".to_owned(), t.clone()]);
+    }
+    let status_args: Vec<&str> = status_args.iter().map(String::as_str).collect();
+    let report = eventually("kcl-admin to see every shard caught up", BALANCE_TIMEOUT, Duration::from_secs(1), || {
+        let (endpoint, app, status_args) = (&endpoint, &app, &status_args);
+        async move {
+            let run = run_admin(endpoint, app, status_args, "").await;
+            assert_eq!(run.code, Some(0), "{run:?}");
+            let report: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+            let shards = report["shards"].as_array()?;
+            let settled = shards.iter().all(|s| s["lag"] == "caught_up" || s["lag"] == "none");
+            let alive = report["workers"].as_array()?.iter().filter(|w| w["alive"] == true).count();
+            (settled && alive == 2).then_some(report)
+        }
+    })
+    .await;
+    println!("multi: kcl-admin status sees {} shard leases", report["shards"].as_array().map_or(0, Vec::len));
 
     fleet.stop_all().await;
     let final_leases = store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));

@@ -12,16 +12,18 @@
 //! (`--endpoint-url` for DynamoDB Local). Exit codes: 0 done, 1 refused or failed (the message
 //! says why and what to do), 2 usage error.
 
+use std::collections::HashMap;
 use std::io::BufRead as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use aws_config::{BehaviorVersion, Region};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use kcl_adapter::{DynamoLeaseStore, DynamoStreamsSource};
-use kcl_core::{ShardId, WorkerId};
+use kcl_adapter::DynamoLeaseStore;
+use kcl_core::{ShardId, StreamSource, WorkerId};
 use kcl_worker::admin::reset::{self, ResetTarget};
-use kcl_worker::admin::{self, AdminError, DEFAULT_OBSERVE, release, status};
+use kcl_worker::admin::{self, DEFAULT_OBSERVE, release, status};
+use kcl_worker::streams::Streams;
 
 /// Sees and fixes what a fleet of workers is doing, through its lease table.
 #[derive(Debug, Parser)]
@@ -44,15 +46,15 @@ struct Args {
     command: Command,
 }
 
-/// The stream, for lags and resets to a time.
+/// The streams, for lags and resets to a time: the fleet's `--table`s and `--stream-arn`s.
 #[derive(Debug, Clone, ClapArgs)]
 struct Stream {
-    /// The source table (its latest stream).
-    #[arg(long, conflicts_with = "stream_arn")]
-    table: Option<String>,
-    /// The stream, instead of `--table`.
+    /// A source table (its latest stream); repeat it as the workers are given it.
     #[arg(long)]
-    stream_arn: Option<String>,
+    table: Vec<String>,
+    /// A stream, instead of or besides `--table`s; repeatable.
+    #[arg(long)]
+    stream_arn: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,14 +156,24 @@ async fn clients(args: &Args) -> Result<Clients, Box<dyn std::error::Error>> {
     Ok(Clients { dynamodb, streams, store })
 }
 
-async fn source(clients: &Clients, stream: &Stream) -> Result<Option<DynamoStreamsSource>, AdminError> {
-    Ok(match (&stream.table, &stream.stream_arn) {
-        (_, Some(arn)) => Some(DynamoStreamsSource::from_stream_arn(clients.streams.clone(), arn)),
-        (Some(table), None) => {
-            Some(DynamoStreamsSource::from_table(&clients.dynamodb, clients.streams.clone(), table).await?)
-        }
-        (None, None) => None,
-    })
+/// The streams given, if any.
+async fn source(clients: &Clients, stream: &Stream) -> Result<Option<Streams>, Box<dyn std::error::Error>> {
+    if stream.table.is_empty() && stream.stream_arn.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Streams::open(&clients.dynamodb, &clients.streams, &stream.table, &stream.stream_arn).await?))
+}
+
+/// The lag of every lease's shard.
+async fn lags<S: StreamSource>(source: &S, snapshot: &admin::Snapshot) -> HashMap<ShardId, status::Lag> {
+    let now = SystemTime::now();
+    let mut lags = HashMap::new();
+    for lease in &snapshot.leases {
+        let shard = ShardId::new(lease.key.as_str());
+        let lag = status::lag(source, &shard, &lease.checkpoint, now).await;
+        lags.insert(shard, lag);
+    }
+    lags
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -171,15 +183,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let snapshot = admin::observe(&clients.store, observe).await?;
     match args.command {
         Command::Status { stream, json } => {
-            let mut lags = std::collections::HashMap::new();
-            if let Some(source) = source(&clients, &stream).await? {
-                let now = SystemTime::now();
-                for lease in &snapshot.leases {
-                    let shard = ShardId::new(lease.key.as_str());
-                    let lag = status::lag(&source, &shard, &lease.checkpoint, now).await;
-                    lags.insert(shard, lag);
-                }
-            }
+            let lags = match source(&clients, &stream).await? {
+                Some(Streams::One(source)) => lags(&source, &snapshot).await,
+                Some(Streams::Several(source, _)) => lags(&source, &snapshot).await,
+                None => HashMap::new(),
+            };
             let report = status::report(&application, &snapshot, &lags);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -191,12 +199,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             admin::refuse_while_alive(&snapshot, coordinate, "a reset", "--coordinate")?;
             let shards: Vec<ShardId> = shard.iter().map(ShardId::new).collect();
             let chosen = match &to {
-                ResetTarget::Time(t) => {
-                    let Some(source) = source(&clients, &stream).await? else {
-                        return Err("a reset to a time reads the stream: give --table or --stream-arn".into());
-                    };
-                    reset::chosen_at_time(&source, &snapshot.leases, &shards, *t).await?
-                }
+                ResetTarget::Time(t) => match source(&clients, &stream).await? {
+                    Some(Streams::One(s)) => reset::chosen_at_time(&s, &snapshot.leases, &shards, *t).await?,
+                    Some(Streams::Several(s, _)) => reset::chosen_at_time(&s, &snapshot.leases, &shards, *t).await?,
+                    None => return Err("a reset to a time reads the stream: give --table or --stream-arn".into()),
+                },
                 other => reset::chosen(&snapshot.leases, other, &shards)?,
             };
             let steps = reset::plan(&snapshot.leases, &chosen);

@@ -41,17 +41,17 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::builder::stop_on_signals;
-use kcl_adapter::streams::kcl_stream_identifier;
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
 use kcl_core::config::{DEFAULT_IDLE_WAIT_MAX, DEFAULT_IDLE_WAIT_MIN};
 use kcl_core::{
-    CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, MultiStream, MultiStreamSink, RecordProcessorFactory,
-    ShardId, ShutdownOutcome, StreamSource, Worker, WorkerError,
+    CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, MultiStreamSink, RecordProcessorFactory, ShardId,
+    ShutdownOutcome, StreamSource, Worker, WorkerError,
 };
 use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
 use kcl_worker::jsonl::{JsonlOptions, JsonlSink};
 use kcl_worker::replicate::{ReplicateProcessor, Replicator};
+use kcl_worker::streams::{Streams, StreamsError};
 use tokio_util::sync::CancellationToken;
 
 /// Which processor handles the records.
@@ -331,50 +331,35 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
 
-    let mut sources = Vec::new();
-    for table in &args.table {
-        sources.push(
-            DynamoStreamsSource::from_table(&dynamodb, streams.clone(), table).await.map_err(WorkerError::Stream)?,
-        );
+    // Checked before anything is created.
+    let opened = Streams::open(&dynamodb, &streams, &args.table, &args.stream_arn).await.map_err(|e| match e {
+        StreamsError::Stream(e) => StartError::from(WorkerError::Stream(e)),
+        other => other.into(),
+    })?;
+    let arns: Vec<String> = opened.arns().into_iter().map(str::to_owned).collect();
+    if matches!(opened, Streams::Several(..)) && args.processor == ProcessorKind::Replicate {
+        return Err("--processor replicate copies one table into --target-table: give one --table (run one worker \
+                    per table to replicate several)"
+            .into());
     }
-    sources.extend(args.stream_arn.iter().map(|arn| DynamoStreamsSource::from_stream_arn(streams.clone(), arn)));
-    let arns: Vec<String> = sources.iter().map(|s| s.stream_arn().to_owned()).collect();
-    // Several streams: one lease table, keys in the Java adapter's multi-stream layout. Checked
-    // before anything is created.
-    let several = match <[DynamoStreamsSource; 1]>::try_from(sources) {
-        Ok([source]) => Err(source),
-        Err(sources) => {
-            if args.processor == ProcessorKind::Replicate {
-                return Err("--processor replicate copies one table into --target-table: give one --table (run \
-                            one worker per table to replicate several)"
-                    .into());
-            }
-            let mut named = Vec::new();
-            for source in sources {
-                let Some(name) = kcl_stream_identifier(source.stream_arn()) else {
-                    return Err(format!("{} is not a DynamoDB stream ARN (--stream-arn)", source.stream_arn()).into());
-                };
-                named.push((name, source));
-            }
-            let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
-            Ok((MultiStream::new(named)?, names))
-        }
-    };
     let store = DynamoLeaseStore::new(dynamodb.clone(), &args.application_name);
     if args.create_lease_table {
         store.ensure_table(&TableOptions::default()).await.map_err(WorkerError::LeaseTable)?;
     }
     let registry = prometheus::Registry::new();
     tracing::info!(worker = %worker_id, streams = ?arns, lease_table = %args.application_name, "starting");
-    let (source, names) = match several {
-        Err(source) => return serve_one(&args, &sdk, &dynamodb, config, source, store, chosen, registry).await,
-        Ok(several) => several,
+    // Several streams: one lease table, keys in the Java adapter's multi-stream layout.
+    let (source, described) = match opened {
+        Streams::One(source) => {
+            return serve_one(&args, &sdk, &dynamodb, config, source, store, chosen, registry).await;
+        }
+        Streams::Several(source, described) => (source, described),
     };
     let dead_letter = match &args.dead_letter_queue_url {
         Some(url) => {
             let mut sinks = Vec::new();
-            for (name, arn) in names.into_iter().zip(&arns) {
-                sinks.push((name, dead_letter_sink(&args, &sdk, url, arn).await?));
+            for (name, arn) in described {
+                sinks.push((name, dead_letter_sink(&args, &sdk, url, &arn).await?));
             }
             Some(MultiStreamSink::new(sinks)?)
         }
