@@ -1,8 +1,10 @@
 //! The streams a worker (or `kcl-admin`) is given with `--table` and `--stream-arn`, opened as
 //! one source: one stream as it is (plain shard ids as lease keys, Java KCL's single-stream
 //! layout), several as a [`MultiStream`] keyed `{identifier}:{shardId}` with the Java DynamoDB
-//! Streams adapter's multi-stream identifier of each ([`kcl_stream_identifier`]).
+//! Streams adapter's multi-stream identifier of each ([`kcl_stream_identifier`]). Also the
+//! AWS configuration both binaries load ([`sdk_config`]).
 
+use aws_config::{BehaviorVersion, Region};
 use kcl_adapter::DynamoStreamsSource;
 use kcl_adapter::streams::kcl_stream_identifier;
 use kcl_core::{MultiStream, SourceError};
@@ -72,4 +74,21 @@ impl Streams {
             Streams::Several(_, described) => described.iter().map(|(_, arn)| arn.as_str()).collect(),
         }
     }
+}
+
+/// The AWS configuration from the default chain, with `--region` and `--endpoint-url` (both
+/// DynamoDB and DynamoDB Streams: DynamoDB Local) applied. Fails when no region is configured.
+pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> Result<aws_config::SdkConfig, String> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err("no AWS region is configured: set AWS_REGION (or pass --region)".to_owned());
+    }
+    Ok(sdk)
 }

@@ -17,13 +17,12 @@ use std::io::BufRead as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use aws_config::{BehaviorVersion, Region};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use kcl_adapter::DynamoLeaseStore;
 use kcl_core::{ShardId, StreamSource, WorkerId};
 use kcl_worker::admin::reset::{self, ResetTarget};
 use kcl_worker::admin::{self, DEFAULT_OBSERVE, release, status};
-use kcl_worker::streams::Streams;
+use kcl_worker::streams::{Streams, sdk_config};
 
 /// Sees and fixes what a fleet of workers is doing, through its lease table.
 #[derive(Debug, Parser)]
@@ -135,17 +134,7 @@ async fn clients(args: &Args) -> Result<Clients, Box<dyn std::error::Error>> {
     let Some(application) = &args.application_name else {
         return Err("give the application with --application-name (or KCL_APPLICATION_NAME)".into());
     };
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &args.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &args.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err("no AWS region is configured: set AWS_REGION (or pass --region)".into());
-    }
+    let sdk = sdk_config(args.region.as_deref(), args.endpoint_url.as_deref()).await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
     let store = DynamoLeaseStore::new(dynamodb.clone(), application);

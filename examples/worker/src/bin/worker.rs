@@ -38,7 +38,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
 use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::builder::stop_on_signals;
 use kcl_adapter::{ChangeRecord, DynamoLeaseStore, DynamoStreamsSource, SqsDeadLetterSink, TableOptions};
@@ -51,7 +50,7 @@ use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
 use kcl_worker::jsonl::{JsonlOptions, JsonlSink};
 use kcl_worker::replicate::{ReplicateProcessor, Replicator};
-use kcl_worker::streams::{Streams, StreamsError};
+use kcl_worker::streams::{Streams, StreamsError, sdk_config};
 use tokio_util::sync::CancellationToken;
 
 /// Which processor handles the records.
@@ -317,17 +316,7 @@ async fn run(args: Args) -> Result<ExitCode, StartError> {
     }
     let config = config.build().map_err(WorkerError::Config)?;
 
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = &args.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(endpoint) = &args.endpoint_url {
-        loader = loader.endpoint_url(endpoint);
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err("no AWS region is configured: set AWS_REGION (or pass --region)".into());
-    }
+    let sdk = sdk_config(args.region.as_deref(), args.endpoint_url.as_deref()).await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
 
