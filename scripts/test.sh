@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "publishable crates: cargo package (builds each packaged crate alone) and the API docs without warnings"
 # --allow-dirty: so that a local run with uncommitted edits checks them too (a CI checkout is
 # clean, and the emulators' directory is ignored).
+# cargo extracts the packaged crates under $CARGO_HOME/registry/src/-<hash of the temporary
+# registry's path>/ and reuses an extraction of the same version left by an earlier run, which
+# is stale once the sources changed (kcl-adapter is then built against an old kcl-core): remove
+# those extractions first. crates.io's extractions (index.crates.io-*) are not touched.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kcl-core-* "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/kcl-adapter-*
 cargo package -p kcl-core -p kcl-adapter --allow-dirty
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 
