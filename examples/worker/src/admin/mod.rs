@@ -1,5 +1,6 @@
-//! What `kcl-admin` does, over the core's seams ([`LeaseStore`], [`StreamSource`]) so that
-//! each operation runs the same against DynamoDB and the in-memory store.
+//! What `kcl-admin` does, over the core's seams ([`LeaseStore`],
+//! [`StreamSource`](kcl_core::StreamSource)) so that each operation runs the same against
+//! DynamoDB and the in-memory store.
 //!
 //! - [`status`]: workers alive by heartbeat, leases per worker, each shard's owner,
 //!   checkpoint, lineage state and lag;
