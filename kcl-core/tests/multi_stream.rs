@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{LEASE_DURATION, init_tracing, owners};
+use common::{LEASE_DURATION, init_tracing, owners, wait_until};
 use kcl_core::testing::memory_store::MemoryLeaseStore;
 use kcl_core::testing::recording::{DeliveryLog, RecordingProcessorFactory};
 use kcl_core::testing::sim::{ChangeKind, StreamSimulator};
@@ -32,11 +32,7 @@ fn start(name: &str, source: &MultiStream<StreamSimulator>, store: &MemoryLeaseS
 }
 
 async fn wait_for(limit: Duration, what: &str, cond: impl Fn() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} (simulated) waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(limit, what, cond, String::new).await;
 }
 
 async fn write(sims: &[StreamSimulator], round: usize) {

@@ -158,24 +158,9 @@ impl Fleet {
         counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1
     }
 
-    /// Waits (in simulated time) until `cond` holds, checking every 100 ms; returns the time it
-    /// took, or panics after `limit`.
+    /// Waits (in simulated time) until `cond` holds ([`wait_until`]), showing the owners.
     pub async fn wait_for(&self, limit: Duration, what: &str, cond: impl Fn(&Self) -> bool) -> Duration {
-        let start = tokio::time::Instant::now();
-        loop {
-            if cond(self) {
-                return start.elapsed();
-            }
-            if std::env::var("FLEET_DEBUG").is_ok() && start.elapsed().subsec_millis() < 100 {
-                eprintln!("{:?} {what}: {:?}", start.elapsed(), self.owners());
-            }
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} (simulated) waiting for {what}; owners: {:?}",
-                self.owners()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(limit, what, || cond(self), || format!("owners: {:?}", self.owners())).await
     }
 
     /// Waits until every retained record was processed at least once.
@@ -208,6 +193,23 @@ impl Fleet {
             parents: &parents,
             filtered: self.filtered,
         })
+    }
+}
+
+/// Waits (in simulated time) until `cond` holds, checking every 100 ms; returns the time it
+/// took, or panics after `limit` with `what` and `state()` (also printed on each check with
+/// `FLEET_DEBUG` set).
+pub async fn wait_until(limit: Duration, what: &str, cond: impl Fn() -> bool, state: impl Fn() -> String) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if std::env::var("FLEET_DEBUG").is_ok() && start.elapsed().subsec_millis() < 100 {
+            eprintln!("{:?} {what}: {}", start.elapsed(), state());
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} (simulated) waiting for {what}; {}", state());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
