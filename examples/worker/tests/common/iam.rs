@@ -48,8 +48,9 @@ pub(crate) const STATEMENTS: &[(&str, &str)] = &[
     ("DeadLetterQueue", "replicate::oversized_item_is_dead_lettered_with_its_reason (--dead-letter-queue-url, moto)"),
 ];
 
-/// Statements the ECS template leaves out: it has no dead-letter queue setting.
-pub(crate) const NOT_IN_TEMPLATE: &[&str] = &["DeadLetterQueue"];
+/// Statements the ECS template leaves out: it has no dead-letter queue setting, and the stack
+/// creates the lease table itself (the workers run with `KCL_CREATE_LEASE_TABLE=false`).
+pub(crate) const NOT_IN_TEMPLATE: &[&str] = &["DeadLetterQueue", "CreateLeaseTableOptional"];
 
 /// One statement: its id, actions and resources (as written).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +141,7 @@ pub(crate) fn resource_kind(arn: &str) -> Resource {
         Resource::Stream
     } else if is("SourceTable", "") {
         Resource::SourceTable
-    } else if is("LeaseTable", "") || is("ApplicationName", "") {
+    } else if is("LeaseTable", "") || is("ApplicationName", "") || arn == "!GetAtt LeaseTable.Arn" {
         Resource::LeaseTable
     } else if is("TargetTable", "") {
         Resource::TargetTable
@@ -227,8 +228,10 @@ pub(crate) fn judge_deploy_policies(calls: &BTreeSet<(String, Resource)>, justif
     let (json, template) = deploy_policies();
     let mut problems = judge_policy("deploy/iam-policy.json", &json, calls, justified);
     let in_template: Vec<&str> = justified.iter().copied().filter(|s| !NOT_IN_TEMPLATE.contains(s)).collect();
+    // Workers deployed with the template neither use a dead-letter queue nor create the lease
+    // table (the stack does).
     let template_calls: BTreeSet<(String, Resource)> =
-        calls.iter().filter(|(a, _)| !a.starts_with("sqs:")).cloned().collect();
+        calls.iter().filter(|(a, _)| !a.starts_with("sqs:") && a != "dynamodb:CreateTable").cloned().collect();
     problems.extend(judge_policy("deploy/ecs-service.yaml (TaskRole)", &template, &template_calls, &in_template));
     problems
 }
