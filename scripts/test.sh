@@ -30,6 +30,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 step "the production worker carries no test code (kcl-worker's normal dependencies)"
 bash scripts/check-worker-deps.sh
 
+step "deploy files: cfn-lint on the ECS template, hadolint on the Dockerfile (pinned: tools/deploy-lint)"
+bash tools/deploy-lint/install.sh
+lint_venv="${EMULATORS_DIR:-.emulators}/deploy-lint-venv/bin"
+"$lint_venv/cfn-lint" deploy/ecs-service.yaml
+"$lint_venv/hadolint" deploy/Dockerfile
+
 step "RustSec advisories (offline, against ../shared/advisory-db)"
 # cargo-audit is built once per machine (several minutes), then reused.
 export KCL_TOOLS_DIR="${KCL_TOOLS_DIR:-$HOME/.cache/kcl-tools}"
