@@ -10,9 +10,11 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/status`;
 //! - [`identity`]: the ECS task id, or `hostname-pid`, as the default worker id;
 //! - [`admin`]: what the `kcl-admin` binary does (status, reset, release);
-//! - [`streams`]: the `--table`s and `--stream-arn`s as one source.
+//! - [`streams`]: the `--table`s and `--stream-arn`s as one source;
+//! - [`emf`]: CloudWatch Embedded Metric Format lines for autoscaling.
 
 pub mod admin;
+pub mod emf;
 pub mod http;
 pub mod identity;
 pub mod jsonl;

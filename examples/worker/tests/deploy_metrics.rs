@@ -1,5 +1,7 @@
 //! The deploy files (alert rules, Grafana dashboard) name only metrics the worker registers,
-//! and the alert rules cover the metrics that say records were given up or a shard is held.
+//! the alert rules cover the metrics that say records were given up or a shard is held, and the
+//! ECS template's autoscaling reads exactly the CloudWatch metrics the workers publish (their
+//! Embedded Metric Format lines, `kcl_worker::emf`).
 
 use std::collections::BTreeSet;
 
@@ -81,4 +83,43 @@ fn every_metric_of_given_up_or_held_records_has_an_alert() {
     ] {
         assert!(alerted.contains(name), "deploy/alerts.yml has no rule on {name}");
     }
+}
+
+/// The autoscaling resources of the ECS template read the workers' EMF metrics, under their
+/// namespace and dimension, and the template turns the EMF lines on.
+#[test]
+fn autoscaling_reads_the_metrics_the_workers_publish() {
+    use kcl_worker::emf::{LEASES_HELD, MAX_ITERATOR_AGE, NAMESPACE};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/ecs-service.yaml");
+    let template = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let lines: Vec<&str> = template.lines().map(str::trim).collect();
+    for resource in [
+        "Type: AWS::ApplicationAutoScaling::ScalableTarget",
+        "ScalableDimension: ecs:service:DesiredCount",
+        "ResourceId: !Sub service/${Cluster}/${Service.Name}",
+        "MinCapacity: !Ref MinTasks",
+        "MaxCapacity: !Ref MaxTasks",
+        "AlarmActions: [!Ref ScaleOutPolicy]",
+        "AlarmActions: [!Ref ScaleInPolicy]",
+        "- Name: KCL_EMF_INTERVAL_SECS",
+    ] {
+        assert!(lines.contains(&resource), "ecs-service.yaml lacks {resource:?}");
+    }
+    let read = |key: &str| -> Vec<&str> { lines.iter().filter_map(|l| l.strip_prefix(key)).map(str::trim).collect() };
+    let names = read("MetricName:");
+    assert_eq!(names.len(), 4, "two metrics in each of the two alarms: {names:?}");
+    for name in &names {
+        assert!([MAX_ITERATOR_AGE, LEASES_HELD].contains(name), "the alarms read {name}, which no worker publishes");
+    }
+    for wanted in [MAX_ITERATOR_AGE, LEASES_HELD] {
+        assert!(names.contains(&wanted), "no alarm reads {wanted}");
+    }
+    assert!(read("Namespace:").iter().all(|n| *n == NAMESPACE), "namespaces: {:?}", read("Namespace:"));
+    let dimensions: Vec<&str> = read("- Name:")
+        .into_iter()
+        .filter(|n| {
+            !n.starts_with("KCL_") && !n.starts_with("AWS_") && *n != "RUST_LOG" && *n != "metrics" && *n != "worker"
+        })
+        .collect();
+    assert!(dimensions.iter().all(|d| *d == "ApplicationName"), "dimensions: {dimensions:?}");
 }

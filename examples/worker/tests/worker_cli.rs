@@ -252,3 +252,56 @@ async fn endpoints_ecs_worker_id_and_graceful_sigint() {
     assert_eq!(shard[0].checkpoint.to_store_string(), lines[2]["seq"].as_str().unwrap_or_default());
     assert!(leases.iter().all(|l| !l.key.is_heartbeat()), "the heartbeat was not removed: {leases:?}");
 }
+
+/// With `--emf-interval-secs`, the worker prints CloudWatch Embedded Metric Format lines on
+/// stdout (after its METRICS line) with its leases and oldest lag under the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emf_lines_carry_the_autoscaling_figures() {
+    use tokio::io::AsyncBufReadExt;
+    let local = DynamoDbLocal::shared();
+    let table = unique_name("cli-emf");
+    local.create_stream_table(&table).await;
+    let app = unique_name("cli-emf-app");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let list = args(&[
+        "--table",
+        &table,
+        "--application-name",
+        &app,
+        "--worker-id",
+        "emf-1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--output",
+        &dir.path().join("out.jsonl").display().to_string(),
+        "--emf-interval-secs",
+        "1",
+    ]);
+    let log = dir.path().join("worker.log");
+    let mut child = common::worker_command(&local.endpoint(), &list, &log).spawn().unwrap_or_else(|e| panic!("{e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("stdout not piped"));
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+            if v["LeasesHeld"] == 1 {
+                return Ok(v);
+            }
+        }
+        Err(seen)
+    })
+    .await;
+    let _ = child.start_kill();
+    let emf = match found {
+        Ok(Ok(v)) => v,
+        other => panic!("no EMF line with the lease: {other:?}\n{}", common::tail(&log, 30)),
+    };
+    assert_eq!(emf["ApplicationName"], app.as_str(), "{emf}");
+    assert_eq!(emf["WorkerId"], "emf-1", "{emf}");
+    assert_eq!(emf["MaxIteratorAgeSeconds"], 0, "{emf}");
+    let directive = &emf["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "kcl-streams", "{emf}");
+    assert_eq!(directive["Dimensions"][0][0], "ApplicationName", "{emf}");
+}

@@ -25,7 +25,9 @@
 //! that SQS queue (checked at start; `--sqs-endpoint-url` for moto server).
 //!
 //! It serves `/metrics`, `/healthz` and `/status` on `--metrics-addr` and prints the bound
-//! address on stdout as one line `METRICS http://ADDR` (logs go to stderr). On SIGTERM or
+//! address on stdout as one line `METRICS http://ADDR` (logs go to stderr). With
+//! `--emf-interval-secs N` it also prints, every N seconds, one CloudWatch Embedded Metric Format
+//! line on stdout with the figures an autoscaler needs (`kcl_worker::emf`). On SIGTERM or
 //! SIGINT it stops gracefully: processors get `shutdown_requested`, every shard is
 //! checkpointed and its lease released, so other workers continue at once. Exit codes: 0 after
 //! a graceful stop, 1 when the worker cannot start (the message names the problem and the
@@ -36,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{ArgGroup, Parser, ValueEnum};
 use kcl_adapter::builder::stop_on_signals;
@@ -46,11 +48,11 @@ use kcl_core::{
     CheckpointPolicy, Config, DeadLetterSink, LeaseRenewal, MultiStreamSink, RecordProcessorFactory, ShardId,
     ShutdownOutcome, StreamSource, Worker, WorkerError,
 };
-use kcl_worker::http;
 use kcl_worker::identity::default_worker_id;
 use kcl_worker::jsonl::{JsonlOptions, JsonlSink};
 use kcl_worker::replicate::{ReplicateProcessor, Replicator};
 use kcl_worker::streams::{Streams, StreamsError, sdk_config};
+use kcl_worker::{emf, http};
 use tokio_util::sync::CancellationToken;
 
 /// Which processor handles the records.
@@ -113,6 +115,10 @@ struct Args {
     /// Lease duration in milliseconds. Default: kcl-core's (10 s).
     #[arg(long, env = "KCL_LEASE_DURATION_MS")]
     lease_duration_ms: Option<u64>,
+    /// Print the autoscaling figures (max iterator age, leases held) as one CloudWatch Embedded
+    /// Metric Format line on stdout this often, in seconds. Default: off.
+    #[arg(long, env = "KCL_EMF_INTERVAL_SECS")]
+    emf_interval_secs: Option<u64>,
     /// How long a graceful shutdown may take, in milliseconds (ECS kills after 30 s).
     #[arg(long, env = "KCL_SHUTDOWN_TIMEOUT_MS", default_value_t = 25_000)]
     shutdown_timeout_ms: u64,
@@ -465,6 +471,18 @@ where
     });
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /status");
 
+    let emf = args.emf_interval_secs.filter(|s| *s > 0).map(|secs| {
+        let (handle, application) = (handle.clone(), args.application_name.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(secs));
+            loop {
+                tick.tick().await;
+                let status = handle.status();
+                let figures = emf::Figures::of(&status);
+                println!("{}", emf::line(&application, status.worker_id.as_str(), figures, SystemTime::now()));
+            }
+        })
+    });
     let deadline = Duration::from_millis(args.shutdown_timeout_ms);
     let signals = tokio::spawn(stop_on_signals(handle, deadline, move |_| stopping.cancel()));
     let result = worker.run().await;
@@ -474,6 +492,9 @@ where
         signals.abort();
         None
     };
+    if let Some(emf) = emf {
+        emf.abort();
+    }
     server_stop.cancel();
     let _ = server.await;
     result?;

@@ -68,6 +68,7 @@ const SCRUBBED: &[&str] = &[
     "KCL_FSYNC",
     "KCL_JSONL_DELAY_MS",
     "KCL_TARGET_TABLE",
+    "KCL_EMF_INTERVAL_SECS",
 ];
 
 /// The `worker` binary with the emulator's environment, stdout piped, stderr to `log`.
