@@ -39,24 +39,13 @@ if installed; then
     exit 0
 fi
 
-PYTHON=${PYTHON:-python3}
-command -v "$PYTHON" >/dev/null 2>&1 \
-    || die "'$PYTHON' not found on PATH (need Python 3.9+ with venv; on Debian: apt-get install -y python3 python3-venv)"
-"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
-    || die "$PYTHON is $("$PYTHON" --version 2>&1); cfn-lint $CFN_LINT_VERSION needs Python 3.9 or newer"
-"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 \
-    || die "$PYTHON has no working venv module (on Debian: apt-get install -y python3-venv)"
-[ -f "$CONSTRAINTS" ] || die "missing $CONSTRAINTS"
-mkdir -p "$EMULATORS_DIR"
-
-# Serialise concurrent installs.
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$EMULATORS_DIR/.deploy-lint-install.lock"
-    flock 9
-    if installed; then
-        report
-        exit 0
-    fi
+# shellcheck source=../lib/venv.sh
+. "$SCRIPT_DIR/../lib/venv.sh"
+venv_prerequisites "cfn-lint $CFN_LINT_VERSION" "$CONSTRAINTS"
+venv_lock deploy-lint
+if installed; then
+    report
+    exit 0
 fi
 
 log "installing $WANT into $VENV"
