@@ -38,8 +38,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::chaos::{
-    Clock, Fleet, LeaseWrite, Pause, Record, TimeBase, Writer, assert_no_problems, create_clock_table,
-    create_lease_table, drain_and_verify, metric, secs_between, signal, wait_stopped, wall_nanos,
+    Fleet, LeaseWrite, Pause, Record, Recorder, TimeBase, Writer, assert_no_problems, drain_and_verify, metric,
+    secs_between, signal, start_recording, wait_stopped, wall_nanos,
 };
 use common::leases::{LoggedTake, expired_takes_from, holders, logged_takes, move_timeout, moved};
 use common::start_emulator;
@@ -405,11 +405,7 @@ async fn chaos_with_real_processes() {
     let local = start_emulator().await;
     let table = unique_name("chaos");
     let data_arn = local.create_stream_table(&table).await;
-    let app = unique_name("chaos-app");
-    let lease_arn = create_lease_table(&local, &app).await;
-    let clock_table = unique_name("chaos-clock");
-    let clock_arn = create_clock_table(&local, &clock_table).await;
-    let clock = Clock::start(local.dynamodb_client(), clock_table);
+    let Recorder { app, lease_arn, clock_arn, clock } = start_recording(&local, "chaos").await;
     let store = DynamoLeaseStore::new(local.dynamodb_client(), &app);
 
     let mut chaos = Chaos {

@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::chaos::{
-    Clock, Evidence, Fleet, TimeBase, Writer, Written, assert_no_problems, create_clock_table, create_lease_table,
-    dump_stream, list_shards, merge_dumps, verify, wait_processed, wait_shards_finished_in, wall_nanos,
+    Evidence, Fleet, Recorder, TimeBase, Writer, Written, assert_no_problems, dump_stream, list_shards, merge_dumps,
+    start_recording, verify, wait_processed, wait_shards_finished_in, wall_nanos,
 };
 use common::leases::{holders, shard_leases};
 use common::{eventually, http_get, run_admin, start_emulator};
@@ -69,11 +69,7 @@ async fn three_tables_in_one_fleet_through_rollovers_and_a_sigkill() {
     }
     let names: Vec<String> =
         arns.iter().map(|a| kcl_stream_identifier(a).unwrap_or_else(|| panic!("no identifier for {a}"))).collect();
-    let app = unique_name("multi-app");
-    let lease_arn = create_lease_table(&local, &app).await;
-    let clock_table = unique_name("multi-clock");
-    let clock_arn = create_clock_table(&local, &clock_table).await;
-    let clock = Clock::start(local.dynamodb_client(), clock_table);
+    let Recorder { app, lease_arn, clock_arn, clock } = start_recording(&local, "multi").await;
     let store = DynamoLeaseStore::new(local.dynamodb_client(), &app);
 
     let mut fleet = Fleet::new("multi", &tables[0], &app, LEASE_DURATION, "MULTI_KEEP_OUTPUT");

@@ -37,8 +37,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::chaos::{
-    Clock, Fleet, LeaseWrite, Record, TimeBase, Writer, assert_no_problems, create_clock_table, create_lease_table,
-    drain_and_verify, metric, read_lines, secs_between, wall_nanos,
+    Fleet, LeaseWrite, Record, Recorder, TimeBase, Writer, assert_no_problems, drain_and_verify, metric, read_lines,
+    secs_between, start_recording, wall_nanos,
 };
 use common::leases::{holders, move_timeout, moved};
 use common::proxy::{CutMode, Held, Proxy, ProxyStats};
@@ -265,11 +265,7 @@ async fn partitioned_worker_fences_itself_and_rejoins() {
     let local = start_emulator().await;
     let table = unique_name("partition");
     let data_arn = local.create_stream_table(&table).await;
-    let app = unique_name("partition-app");
-    let lease_arn = create_lease_table(&local, &app).await;
-    let clock_table = unique_name("partition-clock");
-    let clock_arn = create_clock_table(&local, &clock_table).await;
-    let clock = Clock::start(local.dynamodb_client(), clock_table);
+    let Recorder { app, lease_arn, clock_arn, clock } = start_recording(&local, "partition").await;
     let upstream: SocketAddr = ([127, 0, 0, 1], local.port()).into();
     let mut run = Run {
         fleet: Fleet::new("partition", &table, &app, LEASE_DURATION, "PARTITION_KEEP_OUTPUT"),

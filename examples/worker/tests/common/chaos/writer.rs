@@ -45,6 +45,27 @@ pub(crate) async fn create_clock_table(local: &DynamoDbLocal, name: &str) -> Str
         .unwrap_or_else(|| panic!("clock table {name} was created without a stream"))
 }
 
+/// What a run records for its verdict: the application's lease table (with the stream that
+/// gives the lease history) and the clock that dates the lease writes, already ticking.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    pub(crate) app: String,
+    pub(crate) lease_arn: String,
+    pub(crate) clock_arn: String,
+    pub(crate) clock: Clock,
+}
+
+/// Creates the lease table of a new application (`{prefix}-app-…`) and a clock table, and
+/// starts the clock.
+pub(crate) async fn start_recording(local: &DynamoDbLocal, prefix: &str) -> Recorder {
+    let app = kcl_adapter::local::unique_name(&format!("{prefix}-app"));
+    let lease_arn = create_lease_table(local, &app).await;
+    let clock_table = kcl_adapter::local::unique_name(&format!("{prefix}-clock"));
+    let clock_arn = create_clock_table(local, &clock_table).await;
+    let clock = Clock::start(local.dynamodb_client(), clock_table);
+    Recorder { app, lease_arn, clock_arn, clock }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clock
 
