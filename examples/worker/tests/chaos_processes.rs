@@ -445,7 +445,7 @@ async fn chaos_with_real_processes() {
     let streams = local.streams_client();
     let record = Record {
         streams: &streams,
-        data_arn: &data_arn,
+        data: &[(String::new(), data_arn.clone())],
         lease_arn: &lease_arn,
         clock_arn: &clock_arn,
         clock,

@@ -24,15 +24,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::chaos::{
-    Evidence, Fleet, Recorder, TimeBase, Writer, Written, assert_no_problems, dump_stream, list_shards, merge_dumps,
-    start_recording, verify, wait_processed, wait_shards_finished_in, wall_nanos,
+    Fleet, Record, Recorder, TimeBase, Writer, Written, assert_no_problems, drain, start_recording, verdict, wall_nanos,
 };
 use common::leases::{holders, shard_leases};
 use common::{eventually, http_get, run_admin, start_emulator};
 use kcl_adapter::DynamoLeaseStore;
 use kcl_adapter::local::unique_name;
 use kcl_adapter::streams::kcl_stream_identifier;
-use kcl_core::LeaseStore;
 
 /// kcl-core's default lease duration, as in production.
 const LEASE_DURATION: Duration = Duration::from_secs(10);
@@ -121,14 +119,17 @@ async fn three_tables_in_one_fleet_through_rollovers_and_a_sigkill() {
     println!("multi: {} changes written to {} tables", written.writes, tables.len());
 
     let streams = local.streams_client();
-    let mut shards = Vec::new();
-    for (name, arn) in names.iter().zip(&arns) {
-        let dump = common::chaos::Dump { shards: list_shards(&streams, arn).await, records: Vec::new() };
-        shards.extend(merge_dumps(vec![(name.clone(), dump)]).shards);
-    }
-    let paths = fleet.files.values().map(|f| f.path.clone()).collect();
-    wait_processed(paths, &written, DRAIN_TIMEOUT).await;
-    wait_shards_finished_in(&store, &shards, Duration::from_secs(120)).await;
+    let data: Vec<(String, String)> = names.iter().cloned().zip(arns.iter().cloned()).collect();
+    let record = Record {
+        streams: &streams,
+        data: &data,
+        lease_arn: &lease_arn,
+        clock_arn: &clock_arn,
+        clock,
+        base,
+        lease_duration: LEASE_DURATION,
+    };
+    drain(&fleet, &store, &written, &record, DRAIN_TIMEOUT).await;
 
     // The open leases (one per stream) are spread over the two live workers.
     let live = fleet.live_ids();
@@ -178,34 +179,13 @@ async fn three_tables_in_one_fleet_through_rollovers_and_a_sigkill() {
     .await;
     println!("multi: kcl-admin status sees {} shard leases", report["shards"].as_array().map_or(0, Vec::len));
 
-    fleet.stop_all().await;
-    let final_leases = store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
+    let figures = verdict(&mut fleet, &store, &written, record).await;
     let leases = shard_leases(&store).await.unwrap_or_default();
     let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     for lease in &leases {
         let stream = names.iter().find(|n| lease.key.as_str().starts_with(&format!("{n}:")));
         assert!(stream.is_some(), "lease {} names none of the streams {wanted:?}", lease.key);
     }
-    let ticks = clock.stop().await;
-    let mut data = Vec::new();
-    for (name, arn) in names.iter().zip(&arns) {
-        data.push((name.clone(), dump_stream(&streams, arn).await));
-    }
-    let data = merge_dumps(data);
-    let lease_dump = dump_stream(&streams, &lease_arn).await;
-    let clock_dump = dump_stream(&streams, &clock_arn).await;
-    let files: Vec<_> = fleet.files.values().cloned().collect();
-    let figures = verify(&Evidence {
-        base,
-        lease_duration: LEASE_DURATION,
-        written: &written,
-        data: &data,
-        leases: &lease_dump,
-        clock: &clock_dump,
-        ticks: &ticks,
-        files: &files,
-        final_leases: &final_leases,
-    });
     println!("multi: invariant checker: {}", figures.checker);
     println!(
         "multi: RESULT tables=3 shards={} changes_written={} processed={} distinct={} duplicates={} (after the kill \

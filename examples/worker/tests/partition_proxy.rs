@@ -298,7 +298,7 @@ async fn partitioned_worker_fences_itself_and_rejoins() {
     let streams = run.local.streams_client();
     let record = Record {
         streams: &streams,
-        data_arn: &data_arn,
+        data: &[(String::new(), data_arn.clone())],
         lease_arn: &lease_arn,
         clock_arn: &clock_arn,
         clock,

@@ -11,7 +11,7 @@
 //! each checkpoint, and releases them parents first, so the fleet starts each at its new
 //! checkpoint and no child runs ahead of a parent while the rounds are under way.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::SystemTime;
 
@@ -79,10 +79,8 @@ pub struct Step {
 
 /// Whether the shard of `lease` is known to be closed: finished, with children recorded, or
 /// named as a parent by another lease.
-fn is_closed(lease: &Lease, leases: &[Lease]) -> bool {
-    lease.checkpoint.is_shard_end()
-        || !lease.child_shard_ids.is_empty()
-        || leases.iter().any(|l| l.parent_shard_ids.iter().any(|p| p.as_str() == lease.key.as_str()))
+fn is_closed(lease: &Lease, named_as_parent: &HashSet<&str>) -> bool {
+    lease.checkpoint.is_shard_end() || !lease.child_shard_ids.is_empty() || named_as_parent.contains(lease.key.as_str())
 }
 
 /// The new checkpoint of each selected lease (`shards` empty: every lease) for targets that
@@ -105,11 +103,13 @@ pub fn chosen(
         ));
     }
     let selected = leases.iter().filter(|l| shards.is_empty() || shards.iter().any(|s| s.as_str() == l.key.as_str()));
+    let named_as_parent: HashSet<&str> =
+        leases.iter().flat_map(|l| l.parent_shard_ids.iter().map(|p| p.as_str())).collect();
     let mut out = BTreeMap::new();
     for lease in selected {
         let to = match target {
             ResetTarget::TrimHorizon => Checkpoint::TrimHorizon,
-            ResetTarget::Latest if is_closed(lease, leases) => Checkpoint::ShardEnd,
+            ResetTarget::Latest if is_closed(lease, &named_as_parent) => Checkpoint::ShardEnd,
             ResetTarget::Latest => Checkpoint::Latest,
             ResetTarget::Sequence(seq) => Checkpoint::At(seq.clone()),
             ResetTarget::Time(_) => {
@@ -169,54 +169,43 @@ pub async fn chosen_at_time<S: StreamSource>(
 /// unwritten progress is dropped), and every lease that lineage sends back to TRIM_HORIZON
 /// because a parent is not finished after the reset. Parents come before their children.
 pub fn plan(leases: &[Lease], chosen: &BTreeMap<LeaseKey, Checkpoint>) -> Vec<Step> {
-    let mut after: BTreeMap<&LeaseKey, Checkpoint> =
-        leases.iter().map(|l| (&l.key, chosen.get(&l.key).cloned().unwrap_or_else(|| l.checkpoint.clone()))).collect();
-    // Each round moves lineage one generation down; there are fewer generations than leases.
-    for _ in 0..=leases.len() {
-        let mut changed = false;
-        for lease in leases {
-            let parent_unfinished = lease
-                .parent_shard_ids
-                .iter()
-                .any(|p| after.iter().any(|(k, cp)| k.as_str() == p.as_str() && !cp.is_shard_end()));
-            if parent_unfinished && after[&lease.key] != Checkpoint::TrimHorizon {
-                after.insert(&lease.key, Checkpoint::TrimHorizon);
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
+    let index: HashMap<&str, usize> = leases.iter().enumerate().map(|(i, l)| (l.key.as_str(), i)).collect();
+    // Each lease's parents that have a lease, by index.
+    let parents: Vec<Vec<usize>> = leases
+        .iter()
+        .map(|l| l.parent_shard_ids.iter().filter_map(|p| index.get(p.as_str()).copied()).collect())
+        .collect();
+    let mut depth = vec![None; leases.len()];
+    for i in 0..leases.len() {
+        generation(i, &parents, &mut depth);
+    }
+    // Parents first: one pass in this order settles every generation.
+    let mut order: Vec<usize> = (0..leases.len()).collect();
+    order.sort_by_key(|&i| (depth[i], &leases[i].key));
+    let mut after: Vec<Checkpoint> =
+        leases.iter().map(|l| chosen.get(&l.key).cloned().unwrap_or_else(|| l.checkpoint.clone())).collect();
+    for &i in &order {
+        if parents[i].iter().any(|&p| !after[p].is_shard_end()) {
+            after[i] = Checkpoint::TrimHorizon;
         }
     }
-    let mut steps: Vec<Step> = leases
-        .iter()
-        .filter(|l| chosen.contains_key(&l.key) || after[&l.key] != l.checkpoint)
-        .map(|l| Step { key: l.key.clone(), from: l.checkpoint.clone(), to: after[&l.key].clone() })
-        .collect();
-    let depth = |key: &LeaseKey| generation(leases, key);
-    steps.sort_by_key(|s| (depth(&s.key), s.key.clone()));
-    steps
+    order
+        .into_iter()
+        .filter(|&i| chosen.contains_key(&leases[i].key) || after[i] != leases[i].checkpoint)
+        .map(|i| Step { key: leases[i].key.clone(), from: leases[i].checkpoint.clone(), to: after[i].clone() })
+        .collect()
 }
 
-/// How many ancestors `key` has among `leases`.
-fn generation(leases: &[Lease], key: &LeaseKey) -> usize {
-    let mut seen = HashSet::new();
-    let mut current = vec![key.clone()];
-    let mut depth = 0;
-    while depth <= leases.len() {
-        let parents: Vec<LeaseKey> = current
-            .iter()
-            .filter_map(|k| leases.iter().find(|l| &l.key == k))
-            .flat_map(|l| l.parent_shard_ids.iter().map(LeaseKey::for_shard))
-            .filter(|p| leases.iter().any(|l| &l.key == p) && seen.insert(p.clone()))
-            .collect();
-        if parents.is_empty() {
-            break;
-        }
-        depth += 1;
-        current = parents;
+/// The longest chain of ancestors of lease `i` among the leases (`parents` by index),
+/// memoised in `depth`. A lease on a cycle (never in a real lineage) counts as a root.
+fn generation(i: usize, parents: &[Vec<usize>], depth: &mut [Option<usize>]) -> usize {
+    if let Some(d) = depth[i] {
+        return d;
     }
-    depth
+    depth[i] = Some(0);
+    let d = parents[i].iter().map(|&p| generation(p, parents, depth) + 1).max().unwrap_or(0);
+    depth[i] = Some(d);
+    d
 }
 
 /// Writes `steps` (see the module docs). Returns the leases as released.

@@ -1,7 +1,7 @@
 //! `kcl-admin status`: who is alive, who holds what, how far each shard has come and how far
 //! behind it is. [`report`] is pure over a [`Snapshot`] and the lags measured by [`lag`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -116,15 +116,18 @@ pub struct StatusReport {
     pub shards: Vec<ShardRow>,
 }
 
-/// The lineage state of `lease` among `leases`.
-pub fn lineage_state(lease: &Lease, leases: &[Lease]) -> LineageState {
+/// The keys of the leases not finished yet, for [`lineage_state`].
+pub fn unfinished(leases: &[Lease]) -> HashSet<&str> {
+    leases.iter().filter(|l| !l.checkpoint.is_shard_end()).map(|l| l.key.as_str()).collect()
+}
+
+/// The lineage state of `lease`, given the keys of the leases not finished yet
+/// ([`unfinished`]).
+pub fn lineage_state(lease: &Lease, unfinished: &HashSet<&str>) -> LineageState {
     if lease.checkpoint.is_shard_end() {
         return LineageState::Finished;
     }
-    let parent_open = lease
-        .parent_shard_ids
-        .iter()
-        .any(|p| leases.iter().any(|l| l.key.as_str() == p.as_str() && !l.checkpoint.is_shard_end()));
+    let parent_open = lease.parent_shard_ids.iter().any(|p| unfinished.contains(p.as_str()));
     match (&lease.owner, parent_open) {
         (_, true) => LineageState::WaitingForParents,
         (Some(_), false) => LineageState::Processing,
@@ -144,8 +147,9 @@ pub fn report(application: &str, snapshot: &Snapshot, lags: &HashMap<ShardId, La
         row.alive |= w.alive;
     }
     let mut shards = Vec::new();
+    let open = unfinished(&snapshot.leases);
     for lease in &snapshot.leases {
-        let state = lineage_state(lease, &snapshot.leases);
+        let state = lineage_state(lease, &open);
         if let (Some(owner), false) = (&lease.owner, state == LineageState::Finished) {
             workers
                 .entry(owner.as_str().to_owned())
@@ -312,7 +316,7 @@ mod tests {
             LineageState::Processing,
         ];
         for (l, want) in leases.iter().zip(expected) {
-            assert_eq!(lineage_state(l, &leases), want, "{}", l.key);
+            assert_eq!(lineage_state(l, &unfinished(&leases)), want, "{}", l.key);
         }
     }
 

@@ -129,12 +129,13 @@ pub(crate) fn stream_n(item: Option<&HashMap<String, StreamValue>>, name: &str) 
 }
 
 /// The streams of several tables as one, as a multi-stream worker sees them: each stream's
-/// shard ids (and parents) prefixed with its name and `:`, records in sequence-number order
-/// (DynamoDB Local numbers the records of all streams from one counter).
+/// shard ids (and parents) prefixed with its name and `:` (none for an empty name: a worker
+/// of one stream), records in sequence-number order (DynamoDB Local numbers the records of
+/// all streams from one counter).
 pub(crate) fn merge_dumps(named: Vec<(String, Dump)>) -> Dump {
     let mut merged = Dump::default();
     for (name, dump) in named {
-        let id = |s: &str| format!("{name}:{s}");
+        let id = |s: &str| if name.is_empty() { s.to_owned() } else { format!("{name}:{s}") };
         merged.shards.extend(dump.shards.into_iter().map(|s| DumpShard {
             id: id(&s.id),
             parent: s.parent.as_deref().map(id),

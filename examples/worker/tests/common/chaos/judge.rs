@@ -216,19 +216,9 @@ pub(crate) async fn wait_processed(files: Vec<PathBuf>, written: &Written, timeo
     .await;
 }
 
-/// Waits until every closed shard's lease is at SHARD_END and the open shard has a lease.
-pub(crate) async fn wait_shards_finished(
-    store: &DynamoLeaseStore,
-    streams: &aws_sdk_dynamodbstreams::Client,
-    arn: &str,
-    timeout: Duration,
-) {
-    let shards = list_shards(streams, arn).await;
-    wait_shards_finished_in(store, &shards, timeout).await;
-}
-
-/// [`wait_shards_finished`] for shards already listed (with ids as their leases name them).
-pub(crate) async fn wait_shards_finished_in(store: &DynamoLeaseStore, shards: &[DumpShard], timeout: Duration) {
+/// Waits until every closed shard's lease (among `shards`, with ids as their leases name them)
+/// is at SHARD_END and every open shard has a lease.
+pub(crate) async fn wait_shards_finished(store: &DynamoLeaseStore, shards: &[DumpShard], timeout: Duration) {
     eventually("every closed shard to reach SHARD_END", timeout, Duration::from_millis(250), || async move {
         let leases = shard_leases(store).await?;
         // A finished lease may already be deleted (its children started).

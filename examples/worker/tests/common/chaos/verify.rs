@@ -3,12 +3,14 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// What a run recorded, to be judged at its end: the streams of the data table, the lease
+/// What a run recorded, to be judged at its end: the streams of the data tables, the lease
 /// table and the clock table, and the clock that dates lease writes.
 #[derive(Debug)]
 pub(crate) struct Record<'a> {
     pub(crate) streams: &'a aws_sdk_dynamodbstreams::Client,
-    pub(crate) data_arn: &'a str,
+    /// Each data stream as (the name its shard ids are prefixed with in the lease table, empty
+    /// for a worker of one stream; its ARN).
+    pub(crate) data: &'a [(String, String)],
     pub(crate) lease_arn: &'a str,
     pub(crate) clock_arn: &'a str,
     pub(crate) clock: Clock,
@@ -16,22 +18,51 @@ pub(crate) struct Record<'a> {
     pub(crate) lease_duration: Duration,
 }
 
-/// Waits until every written change was processed (up to `drain`) and every closed shard
-/// finished, stops every worker with SIGTERM (each must exit with 0) and judges the run.
+/// [`drain`], then [`verdict`].
 pub(crate) async fn drain_and_verify(
     fleet: &mut Fleet,
     store: &DynamoLeaseStore,
     written: &Written,
     record: Record<'_>,
-    drain: Duration,
+    timeout: Duration,
 ) -> Figures {
+    drain(fleet, store, written, &record, timeout).await;
+    verdict(fleet, store, written, record).await
+}
+
+/// Waits until every written change was processed (up to `timeout`) and every closed shard of
+/// every data stream finished.
+pub(crate) async fn drain(
+    fleet: &Fleet,
+    store: &DynamoLeaseStore,
+    written: &Written,
+    record: &Record<'_>,
+    timeout: Duration,
+) {
     let paths = fleet.files.values().map(|f| f.path.clone()).collect();
-    wait_processed(paths, written, drain).await;
-    wait_shards_finished(store, record.streams, record.data_arn, Duration::from_secs(120)).await;
+    wait_processed(paths, written, timeout).await;
+    let mut listed = Vec::new();
+    for (name, arn) in record.data {
+        listed.push((name.clone(), Dump { shards: list_shards(record.streams, arn).await, records: Vec::new() }));
+    }
+    wait_shards_finished(store, &merge_dumps(listed).shards, Duration::from_secs(120)).await;
+}
+
+/// Stops every worker with SIGTERM (each must exit with 0) and judges the run.
+pub(crate) async fn verdict(
+    fleet: &mut Fleet,
+    store: &DynamoLeaseStore,
+    written: &Written,
+    record: Record<'_>,
+) -> Figures {
     fleet.stop_all().await;
     let final_leases = store.list().await.unwrap_or_else(|e| panic!("final lease table: {e}"));
     let ticks = record.clock.stop().await;
-    let data = dump_stream(record.streams, record.data_arn).await;
+    let mut dumps = Vec::new();
+    for (name, arn) in record.data {
+        dumps.push((name.clone(), dump_stream(record.streams, arn).await));
+    }
+    let data = merge_dumps(dumps);
     let leases = dump_stream(record.streams, record.lease_arn).await;
     let clock = dump_stream(record.streams, record.clock_arn).await;
     let files: Vec<_> = fleet.files.values().cloned().collect();
