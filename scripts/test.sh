@@ -30,11 +30,21 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 step "the production worker carries no test code (kcl-worker's normal dependencies)"
 bash scripts/check-worker-deps.sh
 
-step "deploy files: cfn-lint on the ECS template, hadolint on the Dockerfile (pinned: tools/deploy-lint)"
+step "deploy files: cfn-lint on the ECS template, hadolint on the Dockerfile (pinned: tools/deploy-lint), promtool on the alert rules and scrape config (pinned: tools/promtool)"
 bash tools/deploy-lint/install.sh
 lint_venv="${EMULATORS_DIR:-.emulators}/deploy-lint-venv/bin"
 "$lint_venv/cfn-lint" deploy/ecs-service.yaml
 "$lint_venv/hadolint" deploy/Dockerfile
+# promtool (Debian's prometheus package, pinned and unpacked into .emulators/promtool): the
+# alert rules here; the tests (deploy_promtool) also parse every dashboard query with it and
+# run `promtool check metrics` on a running worker's scrape.
+bash tools/promtool/install.sh
+promtool="$PWD/${EMULATORS_DIR:-.emulators}/promtool/promtool"
+case "${EMULATORS_DIR:-}" in /*) promtool="$EMULATORS_DIR/promtool/promtool" ;; esac
+"$promtool" check rules deploy/alerts.yml
+# The scrape config (with its rule_files, relative to deploy/); the file_sd targets are written
+# by the ECS discovery sidecar at run time, so promtool only warns that they are missing here.
+(cd deploy && "$promtool" check config prometheus.yml)
 
 step "RustSec advisories (offline, against ../shared/advisory-db)"
 # cargo-audit is built once per machine (several minutes), then reused.
