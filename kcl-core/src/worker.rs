@@ -18,6 +18,7 @@ use crate::consumer::{ConsumerContext, ConsumerExit};
 use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
 use crate::lease::coordinator::{Coordinator, Scope};
+use crate::lease::handover::{FastPoll, departure_wait};
 use crate::lease::{LeaseKey, LeaseStore};
 use crate::metrics::Metrics;
 use crate::processor::RecordProcessorFactory;
@@ -265,6 +266,8 @@ where
             closed: Arc::new(std::sync::Mutex::new(std::collections::HashSet::new())),
         };
         let closed = sync.closed.clone();
+        // The consumers' stop: after the departure notice, not at once on shutdown.
+        let stop_consumers = CancellationToken::new();
         let leases_created = sync.created.clone();
         if let Err(e) = sync.full_sync().await {
             if matches!(e.kind(), SourceErrorKind::NotFound | SourceErrorKind::Fatal) {
@@ -280,7 +283,7 @@ where
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             status: self.status.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: stop_consumers.clone(),
             shard_ended: ended_tx,
             dead_letter: self.dead_letter.clone(),
             record_filter: self.record_filter.clone(),
@@ -306,31 +309,59 @@ where
         let mut streams_seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::from([String::new()]);
         let mut poll = tokio::time::interval(self.config.heartbeat_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut fast = FastPoll::new(self.config.handover_poll_interval, self.config.handover_window(), Instant::now());
+        // Set once told to stop and announced: consuming goes on until then, taking does not.
+        let mut leave_at: Option<Instant> = None;
         loop {
+            let fast_due = fast.due();
             tokio::select! {
                 biased;
                 _ = self.abort.cancelled() => break,
-                _ = self.shutdown.cancelled() => break,
-                Some(joined) = consumers.set.join_next_with_id() => {
-                    self.consumer_finished(&coordinator, &mut consumers, joined).await;
+                _ = self.shutdown.cancelled(), if leave_at.is_none() => {
+                    let wait = departure_wait(coordinator.held_count(), coordinator.has_peers(), self.config.departure_notice);
+                    let Some(wait) = wait else { break };
+                    tracing::info!(notice = ?wait, leases = coordinator.held_count(),
+                        "stopping: announced to the other workers; releasing the leases after the notice");
+                    coordinator.announce_change().await;
+                    leave_at = Some(Instant::now() + wait);
                 }
-                _ = tokio::time::sleep_until(next_take) => {
-                    next_take = self.take(&ctx, &coordinator, &mut consumers).await;
+                _ = tokio::time::sleep_until(leave_at.unwrap_or(next_take)), if leave_at.is_some() => break,
+                Some(joined) = consumers.set.join_next_with_id() => {
+                    if self.consumer_finished(&coordinator, &mut consumers, joined).await {
+                        // Handed over on request: the asker polls the notice to take it now.
+                        coordinator.announce_change().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_take), if leave_at.is_none() => {
+                    next_take = self.take(&ctx, &coordinator, &mut consumers, &mut fast).await;
                 }
                 // Children of a shard that just ended: take them now, not a cycle later.
-                _ = leases_created.notified() => {
-                    next_take = self.take(&ctx, &coordinator, &mut consumers).await;
+                _ = leases_created.notified(), if leave_at.is_none() => {
+                    next_take = self.take(&ctx, &coordinator, &mut consumers, &mut fast).await;
+                }
+                _ = tokio::time::sleep_until(fast_due.unwrap_or(next_take)), if fast_due.is_some() => {
+                    fast.polled(Instant::now());
+                    if coordinator.notice_changed().await {
+                        fast.expect(Instant::now());
+                        if leave_at.is_none() {
+                            next_take = self.take(&ctx, &coordinator, &mut consumers, &mut fast).await;
+                        }
+                    }
                 }
                 _ = poll.tick() => {
                     if coordinator.poll_heartbeats().await {
-                        next_take = self.take(&ctx, &coordinator, &mut consumers).await;
+                        fast.expect(Instant::now());
+                        if leave_at.is_none() {
+                            next_take = self.take(&ctx, &coordinator, &mut consumers, &mut fast).await;
+                        }
                     }
                     self.publish_iterator_ages(&mut streams_seen);
                     self.watchdog(&coordinator, &consumers).await;
                 }
             }
         }
-        // Graceful: consumers see the shutdown token, checkpoint and release.
+        // Graceful: consumers see their stop token, checkpoint and release.
+        stop_consumers.cancel();
         tokio::select! {
             _ = async {
                 while let Some(joined) = consumers.set.join_next_with_id().await {
@@ -343,6 +374,10 @@ where
         while tasks.join_next().await.is_some() {}
         if !self.abort.is_cancelled() {
             coordinator.deregister().await;
+            if leave_at.is_some() {
+                // Released and gone (peers no longer count this worker): take now.
+                coordinator.announce_change().await;
+            }
         }
         self.metrics.leases_held.set(0);
         Ok(())
@@ -351,23 +386,26 @@ where
     /// A consumer task ended. Normally it released or lost its lease itself; a task that
     /// ended any other way (a panic outside the guarded processor calls, the factory's among
     /// them) has its lease released here at once, so that no held lease is without a consumer.
+    /// True when it released its lease on another worker's request (a handoff).
     async fn consumer_finished(
         &self,
         coordinator: &Coordinator<TimedStore<L>>,
         consumers: &mut Consumers,
         joined: Result<(tokio::task::Id, (LeaseKey, ConsumerExit)), tokio::task::JoinError>,
-    ) {
+    ) -> bool {
         match joined {
             Ok((id, (key, exit))) => {
                 consumers.by_task.remove(&id);
                 tracing::debug!(lease = %key, ?exit, "consumer finished");
                 coordinator.forget(&key);
+                // A graceful stop of one shard while the worker runs on: a handoff.
+                exit == ConsumerExit::Shutdown && !self.shutdown.is_cancelled()
             }
             Err(e) => {
-                let Some(key) = consumers.by_task.remove(&e.id()) else { return };
+                let Some(key) = consumers.by_task.remove(&e.id()) else { return false };
                 if e.is_cancelled() {
                     coordinator.forget(&key);
-                    return;
+                    return false;
                 }
                 let why = match e.try_into_panic() {
                     Ok(payload) => crate::consumer::guard::panic_message(&*payload),
@@ -380,6 +418,7 @@ where
                     self.status.remove(&shard, false);
                 }
                 coordinator.release(&key).await;
+                false
             }
         }
     }
@@ -425,11 +464,13 @@ where
     }
 
     /// Runs a take cycle, starts consumers for what it acquired, and says when to run the next.
+    /// After asking for handoffs, polls the change notice fast (`fast`) to take them at once.
     async fn take(
         &self,
         ctx: &Arc<ConsumerContext<TimedSource<S>, TimedStore<L>, D>>,
         coordinator: &Coordinator<TimedStore<L>>,
         consumers: &mut Consumers,
+        fast: &mut FastPoll,
     ) -> Instant {
         let outcome = coordinator.take_cycle().await;
         for held in outcome.acquired {
@@ -437,6 +478,9 @@ where
             let key = held.key.clone();
             let task = consumers.set.spawn(ctx.clone().run(held, self.factory.clone()).instrument(span));
             consumers.by_task.insert(task.id(), key);
+        }
+        if outcome.asked {
+            fast.expect(Instant::now());
         }
         let wait = if outcome.contended {
             self.config.heartbeat_poll_interval

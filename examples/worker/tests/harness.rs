@@ -307,3 +307,76 @@ fn duplicates_are_blamed_on_the_tenure_that_lost_its_lease() {
     let err = duplicates_of(&[("w1", twice, false), ("w2", owner, false)]).err();
     assert!(err.as_deref().is_some_and(|e| e.contains("that ended with Shutdown")), "{err:?}");
 }
+
+#[test]
+fn shard_gaps_count_the_wait_for_work_that_was_there_not_the_writers_pauses() {
+    use common::gaps::shard_gaps;
+    use common::outputs::Occurrence;
+    const MS: u64 = 1_000_000;
+    let label = |v: i64| Label { event: "MODIFY", v };
+    let occ = |worker: &str, shard: &str, seq: u128, v: i64, ts_ms: u64| Occurrence {
+        worker: worker.to_owned(),
+        shard: shard.to_owned(),
+        seq,
+        pk: format!("item-{v}"),
+        label: label(v),
+        ts: ts_ms * MS,
+        tenure: 0,
+    };
+    let sent = |pairs: &[(i64, u64)]| -> HashMap<(String, Label), u64> {
+        pairs.iter().map(|(v, ms)| ((format!("item-{v}"), label(*v)), ms * MS)).collect()
+    };
+    // (case, occurrences, sent times (v, ms), shard, (changes, duplicates, wait ms, at ms, gap ms, owners))
+    type Want = (usize, usize, u64, u64, u64, Vec<&'static str>);
+    type Sent = HashMap<(String, Label), u64>;
+    let cases: Vec<(&str, Vec<Occurrence>, Sent, Want)> = vec![
+        (
+            "steady: each change processed 50 ms after it was written",
+            vec![occ("a", "s", 1, 1, 50), occ("a", "s", 2, 2, 150), occ("a", "s", 3, 3, 250)],
+            sent(&[(1, 0), (2, 100), (3, 200)]),
+            (3, 0, 50, 150, 100, vec!["a"]),
+        ),
+        (
+            "a writer pause of 2 s is not a wait; the handover after it is",
+            vec![occ("a", "s", 1, 1, 50), occ("a", "s", 2, 2, 2_050), occ("b", "s", 3, 3, 2_900)],
+            sent(&[(1, 0), (2, 2_000), (3, 2_100)]),
+            (3, 0, 800, 2_900, 2_000, vec!["a", "b"]),
+        ),
+        (
+            "work that was there while nobody read it: the whole gap",
+            vec![occ("a", "s", 1, 1, 50), occ("b", "s", 2, 2, 1_600)],
+            sent(&[(1, 0), (2, 10)]),
+            (2, 0, 1_550, 1_600, 1_550, vec!["a", "b"]),
+        ),
+        (
+            "a duplicate is counted once as a change, once as a duplicate; the first processing counts",
+            vec![occ("a", "s", 1, 1, 50), occ("a", "s", 2, 2, 150), occ("b", "s", 2, 2, 900), occ("b", "s", 3, 3, 950)],
+            sent(&[(1, 0), (2, 100), (3, 120)]),
+            (3, 1, 800, 950, 800, vec!["a", "b"]),
+        ),
+        (
+            "order is the shard's sequence order, not the file order; unknown send times wait from the predecessor",
+            vec![occ("a", "s", 2, 2, 400), occ("a", "s", 1, 1, 100)],
+            sent(&[]),
+            (2, 0, 300, 400, 300, vec!["a"]),
+        ),
+    ];
+    for (case, occurrences, sent_at, want) in cases {
+        let got = shard_gaps(&occurrences, &sent_at);
+        let g = got.get("s").unwrap_or_else(|| panic!("{case}: no shard s in {got:?}"));
+        let owners: Vec<&str> = g.owners.iter().map(String::as_str).collect();
+        assert_eq!(
+            (g.changes, g.duplicates, g.longest_wait / MS, g.longest_wait_at / MS, g.longest_gap / MS, owners),
+            want,
+            "{case}"
+        );
+    }
+    // A window: only the waits of changes processed in it.
+    let steady = vec![occ("a", "s", 1, 1, 0), occ("b", "s", 2, 2, 900), occ("b", "s", 3, 3, 1_000)];
+    let inside = common::gaps::shard_gaps_in(&steady, &HashMap::new(), &(950 * MS..=2_000 * MS));
+    assert_eq!((inside["s"].changes, inside["s"].longest_wait / MS, inside["s"].longest_gap / MS), (3, 100, 100));
+    // Shards are judged apart.
+    let two = shard_gaps(&[occ("a", "s", 1, 1, 0), occ("a", "t", 1, 2, 5_000)], &HashMap::new());
+    assert_eq!(two.len(), 2);
+    assert!(two.values().all(|g| g.longest_wait == 0 && g.changes == 1));
+}

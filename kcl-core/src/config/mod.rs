@@ -144,6 +144,8 @@ pub const DEFAULT_MAX_CONCURRENT_RENEWALS: usize = 8192;
 /// Records per read allowed by DynamoDB Streams.
 pub const MAX_RECORDS_PER_READ_LIMIT: usize = 1000;
 
+mod handover;
+pub use handover::{DEFAULT_DEPARTURE_NOTICE, DEFAULT_HANDOVER_POLL_INTERVAL};
 mod in_shard;
 pub use in_shard::{
     DEFAULT_BATCH_SIZE, DEFAULT_BATCHING_WINDOW, DEFAULT_PARALLELISM, MAX_BATCH_SIZE, MAX_BATCHING_WINDOW,
@@ -210,6 +212,8 @@ pub struct Config {
     pub(crate) lease_duration: Duration,
     pub(crate) take_interval: Duration,
     pub(crate) heartbeat_poll_interval: Duration,
+    pub(crate) handover_poll_interval: Duration,
+    pub(crate) departure_notice: Duration,
     pub(crate) shard_sync_interval: Duration,
     pub(crate) parent_poll_interval: Duration,
     pub(crate) idle_wait_min: Duration,
@@ -251,6 +255,8 @@ impl Config {
                 lease_duration: DEFAULT_LEASE_DURATION,
                 take_interval: DEFAULT_TAKE_INTERVAL,
                 heartbeat_poll_interval: DEFAULT_HEARTBEAT_POLL_INTERVAL,
+                handover_poll_interval: DEFAULT_HANDOVER_POLL_INTERVAL,
+                departure_notice: DEFAULT_DEPARTURE_NOTICE,
                 shard_sync_interval: DEFAULT_SHARD_SYNC_INTERVAL,
                 parent_poll_interval: DEFAULT_PARENT_POLL_INTERVAL,
                 idle_wait_min: DEFAULT_IDLE_WAIT_MIN,
@@ -568,6 +574,7 @@ impl ConfigBuilder {
             .or_else(|| range("max_leases_per_worker", c.max_leases_per_worker, 1, usize::MAX))
             .or_else(|| range("max_concurrent_renewals", c.max_concurrent_renewals, 1, usize::MAX))
             .or_else(|| in_shard::check(&c))
+            .or_else(|| handover::check(&c))
         {
             return Err(e);
         }

@@ -120,7 +120,7 @@ pub(crate) struct Coordinator<S> {
     /// counter moved since belongs to a worker that came back before it was removed: alive.
     dead_heartbeats: Mutex<HashMap<LeaseKey, u64>>,
     snapshot: Mutex<TableSnapshot>,
-    /// The death notice's counter at the last read (`Some(None)`: read, absent).
+    /// The change notice's counter at the last read (`Some(None)`: read, absent).
     notice_seen: Mutex<Option<Option<u64>>>,
     /// Handoff requests this worker made and has not seen answered.
     requests: Mutex<HashMap<WorkerId, handoff::Pending>>,
@@ -191,6 +191,11 @@ impl<S: LeaseStore> Coordinator<S> {
 
     pub(crate) fn held(&self) -> Vec<Arc<HeldLease>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Whether the last scan saw another live worker.
+    pub(crate) fn has_peers(&self) -> bool {
+        !self.peers.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
     pub(crate) fn held_count(&self) -> usize {
@@ -271,7 +276,7 @@ impl<S: LeaseStore> Coordinator<S> {
         }
     }
 
-    /// Reads the heartbeats this worker watches ([`watch`]) and the death notice. Returns
+    /// Reads the heartbeats this worker watches ([`watch`]) and the change notice. Returns
     /// true when a worker was newly judged dead, here or by another worker: time to take.
     pub(crate) async fn poll_heartbeats(&self) -> bool {
         let peers: Vec<(LeaseKey, WorkerId)> = self
@@ -319,7 +324,7 @@ impl<S: LeaseStore> Coordinator<S> {
             }
         }
         if newly_dead {
-            self.announce_death().await;
+            self.announce_change().await;
             return true;
         }
         self.notice_changed().await

@@ -6,6 +6,7 @@
 
 pub(crate) mod balance;
 pub(crate) mod coordinator;
+pub(crate) mod handover;
 pub(crate) mod held;
 mod store;
 

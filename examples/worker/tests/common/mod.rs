@@ -263,5 +263,6 @@ where
     }
 }
 pub(crate) mod chaos;
+pub(crate) mod gaps;
 pub(crate) mod proxy;
 pub(crate) mod sniff;

@@ -3,10 +3,13 @@
 //! Each worker reads the heartbeats of only its [`WATCHERS`] successors in the ring of live
 //! workers (sorted by worker id, from the last scan), so each heartbeat is read by that many
 //! workers and the fleet reads `WATCHERS` × workers items per poll interval. A watcher that
-//! judges a worker dead takes its share of the leases at once and bumps one *death notice*
+//! judges a worker dead takes its share of the leases at once and bumps one *change notice*
 //! item in the lease table; every worker reads that one item per poll interval and runs a take
 //! cycle when it changed, so the dead worker's leases move to everyone about one poll interval
-//! later than to its watchers.
+//! later than to its watchers. The same notice is bumped when a worker releases leases on
+//! purpose (a handoff, a graceful stop) and when it announces that it stops
+//! ([`crate::config::DEFAULT_DEPARTURE_NOTICE`]): a worker that read a change reads the notice
+//! every handover poll interval for a while, so what is released next is taken at once.
 
 use std::sync::PoisonError;
 
@@ -18,7 +21,7 @@ use crate::shard::ShardId;
 /// How many workers read each heartbeat.
 pub(super) const WATCHERS: usize = 2;
 
-/// The key of the death notice: heartbeat-prefixed (never a shard id), with no owner (never a
+/// The key of the change notice: heartbeat-prefixed (never a shard id), with no owner (never a
 /// worker's heartbeat: worker ids are not empty).
 pub(super) fn notice_key() -> LeaseKey {
     LeaseKey::from_raw(format!("{}#deaths", LeaseKey::HEARTBEAT_PREFIX))
@@ -38,9 +41,10 @@ pub(super) fn watched(me: &WorkerId, peers: &[(LeaseKey, WorkerId)], n: usize) -
 }
 
 impl<S: LeaseStore> Coordinator<S> {
-    /// Reads the death notice. True when it changed since the last read (another worker
-    /// judged a worker dead): time for a take cycle.
-    pub(super) async fn notice_changed(&self) -> bool {
+    /// Reads the change notice. True when it changed since the last read (another worker
+    /// judged a worker dead, released leases or announced that it stops): time for a take
+    /// cycle.
+    pub(crate) async fn notice_changed(&self) -> bool {
         let Ok(item) = self.store.get(&notice_key()).await else { return false };
         let counter = item.map(|l| l.counter);
         let mut seen = self.notice_seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -49,8 +53,9 @@ impl<S: LeaseStore> Coordinator<S> {
         changed
     }
 
-    /// Tells every worker that one died: bumps the death notice (creating it the first time).
-    pub(super) async fn announce_death(&self) {
+    /// Tells every worker that leases are, or are about to be, free (a worker died, released
+    /// leases or stops): bumps the change notice (creating it the first time).
+    pub(crate) async fn announce_change(&self) {
         let key = notice_key();
         for _ in 0..3 {
             let current = match self.store.get(&key).await {
@@ -70,7 +75,7 @@ impl<S: LeaseStore> Coordinator<S> {
                 }
                 // Another worker announced at the same time: once is enough.
                 Ok(LeaseUpdate::Lost) => return,
-                Err(e) => tracing::debug!(error = %e, "could not write the death notice; retrying"),
+                Err(e) => tracing::debug!(error = %e, "could not write the change notice; retrying"),
             }
         }
     }

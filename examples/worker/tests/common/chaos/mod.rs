@@ -179,6 +179,9 @@ pub(crate) struct Fleet {
     pub(crate) extra_tables: Vec<String>,
     pub(crate) app: String,
     pub(crate) lease_duration: Duration,
+    /// The jsonl processor's wait between writing a batch and checkpointing it
+    /// ([`PROCESS_DELAY`] unless a test sets another).
+    pub(crate) process_delay: Duration,
     pub(crate) prefix: String,
     pub(crate) keep_env: &'static str,
     pub(crate) workers: BTreeMap<String, WorkerProcess>,
@@ -197,6 +200,7 @@ impl Fleet {
             extra_tables: Vec::new(),
             app: app.to_owned(),
             lease_duration,
+            process_delay: PROCESS_DELAY,
             prefix: prefix.to_owned(),
             keep_env,
             workers: BTreeMap::new(),
@@ -237,7 +241,7 @@ impl Fleet {
             "--shutdown-timeout-ms",
             "20000",
             "--jsonl-delay-ms",
-            &PROCESS_DELAY.as_millis().to_string(),
+            &self.process_delay.as_millis().to_string(),
         ]
         .iter()
         .map(|a| (*a).to_owned())

@@ -133,12 +133,21 @@ impl Clock {
 pub(crate) struct Written {
     pub(crate) expected: BTreeMap<String, Vec<Label>>,
     pub(crate) writes: usize,
+    /// When each change's write was sent (wall ns): its stream record exists no earlier.
+    pub(crate) sent_at: HashMap<(String, Label), u64>,
 }
 
 impl Written {
     /// Every (item, change) pair.
     pub(crate) fn wanted(&self) -> HashSet<(String, Label)> {
         self.expected.iter().flat_map(|(pk, labels)| labels.iter().map(move |l| (pk.clone(), l.clone()))).collect()
+    }
+
+    /// Adds what another writer (of another table, with its own item keys) wrote.
+    pub(crate) fn merge(&mut self, other: Written) {
+        self.writes += other.writes;
+        self.expected.extend(other.expected);
+        self.sent_at.extend(other.sent_at);
     }
 }
 
@@ -193,6 +202,7 @@ impl Writer {
                 let pk = format!("{prefix}item-{i:04}");
                 let (present, last) = state[i];
                 let delete = present.is_some() && rng.random_range(0..6) == 0;
+                let sent = wall_nanos();
                 let (result, label, next) = if delete {
                     let old = present.unwrap_or(last);
                     let r = client
@@ -221,6 +231,7 @@ impl Writer {
                 };
                 result.unwrap_or_else(|e| panic!("write {n} ({pk} {label:?}): {e}"));
                 state[i] = next;
+                written.sent_at.insert((pk.clone(), label.clone()), sent);
                 written.expected.entry(pk).or_default().push(label);
                 written.writes += 1;
                 done.fetch_add(1, Ordering::Relaxed);
