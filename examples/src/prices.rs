@@ -10,8 +10,9 @@
 //!   `GetRecords` call is one streams read request unit. `DescribeStream`,
 //!   `GetShardIterator` and `DescribeTable` are not priced here.
 //!
-//! Units: a write of an item up to 1 KB is one write request unit and a strongly consistent
-//! read of up to 4 KB one read request unit; lease items and heartbeats are well under both.
+//! Units: a write of an item up to 1 KB is one write request unit, a strongly consistent
+//! read of up to 4 KB one read request unit and an eventually consistent one half a unit;
+//! lease items and heartbeats are well under both.
 //! A month is 730 hours, as AWS bills it.
 
 /// Dollars per on-demand write request unit.
@@ -29,7 +30,7 @@ pub const MINUTES_PER_MONTH: f64 = HOURS_PER_MONTH * 60.0;
 pub fn describe() -> String {
     format!(
         "on-demand us-east-1 list prices: WRU ${:.3}/million, RRU ${:.3}/million, Streams GetRecords ${:.2}/million; \
-         1 WRU per write (items <= 1 KB), 1 RRU per strongly consistent GetItem (<= 4 KB), Scan RRU = answer \
+         1 WRU per write (items <= 1 KB), 1 RRU per strongly consistent GetItem (<= 4 KB), 0.5 per eventually consistent one, Scan RRU = answer \
          bytes / 4 KB rounded up; month = {HOURS_PER_MONTH} h",
         WRITE_REQUEST_UNIT_USD * 1e6,
         READ_REQUEST_UNIT_USD * 1e6,

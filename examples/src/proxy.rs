@@ -25,14 +25,16 @@ use crate::http::{Framer, Message};
 /// What one request was, for counting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// A write to a heartbeat item (`__kcl_worker__#…`, the death notice included).
+    /// A write to a heartbeat item (`__kcl_worker__#…`, the change notice included).
     HeartbeatWrite,
     /// A write to a shard lease that sets its checkpoint.
     CheckpointWrite,
     /// Any other write to a shard lease: take, renew, release, create, delete.
     LeaseWrite,
-    /// `GetItem` (strongly consistent: the lease store reads that way).
+    /// `GetItem`, strongly consistent (`ConsistentRead: true`): one read unit.
     GetItem,
+    /// `GetItem`, eventually consistent (the lease store's `peek`): half a read unit.
+    GetItemEventual,
     /// `Scan`.
     Scan,
     /// `Query`.
@@ -58,8 +60,10 @@ pub struct Counts {
     pub checkpoint_writes: u64,
     /// Other shard-lease writes.
     pub lease_writes: u64,
-    /// `GetItem` requests.
+    /// Strongly consistent `GetItem` requests.
     pub get_item: u64,
+    /// Eventually consistent `GetItem` requests.
+    pub get_item_eventual: u64,
     /// `Scan` requests.
     pub scan: u64,
     /// Read request units of the scans: for each answer, its JSON body's size in 4 KB units
@@ -90,15 +94,16 @@ impl Counts {
         self.heartbeat_writes + self.lease_writes + self.checkpoint_writes
     }
 
-    /// Lease-table read requests (`GetItem` + `Scan` + `Query`).
+    /// Lease-table read requests (`GetItem` of both kinds + `Scan` + `Query`).
     pub fn lease_table_reads(&self) -> u64 {
-        self.get_item + self.scan + self.query
+        self.get_item + self.get_item_eventual + self.scan + self.query
     }
 
-    /// Lease-table read request units: one per `GetItem` (strongly consistent, ≤ 4 KB),
-    /// [`Counts::scan_read_units`] for the scans, one per `Query`.
-    pub fn lease_table_read_units(&self) -> u64 {
-        self.get_item + self.scan_read_units + self.query
+    /// Lease-table read request units: one per strongly consistent `GetItem` (≤ 4 KB), half
+    /// of one per eventually consistent one, [`Counts::scan_read_units`] for the scans, one per
+    /// `Query`.
+    pub fn lease_table_read_units(&self) -> f64 {
+        self.get_item as f64 + self.get_item_eventual as f64 / 2.0 + (self.scan_read_units + self.query) as f64
     }
 
     /// The counts of the window since `earlier` (a snapshot of the same proxy).
@@ -114,6 +119,7 @@ impl Counts {
             checkpoint_writes: self.checkpoint_writes.saturating_sub(earlier.checkpoint_writes),
             lease_writes: self.lease_writes.saturating_sub(earlier.lease_writes),
             get_item: self.get_item.saturating_sub(earlier.get_item),
+            get_item_eventual: self.get_item_eventual.saturating_sub(earlier.get_item_eventual),
             scan: self.scan.saturating_sub(earlier.scan),
             scan_read_units: self.scan_read_units.saturating_sub(earlier.scan_read_units),
             scanned_items: self.scanned_items.saturating_sub(earlier.scanned_items),
@@ -133,6 +139,7 @@ impl Counts {
         self.checkpoint_writes += other.checkpoint_writes;
         self.lease_writes += other.lease_writes;
         self.get_item += other.get_item;
+        self.get_item_eventual += other.get_item_eventual;
         self.scan += other.scan;
         self.scan_read_units += other.scan_read_units;
         self.scanned_items += other.scanned_items;
@@ -153,6 +160,7 @@ impl Counts {
             Op::CheckpointWrite => self.checkpoint_writes += 1,
             Op::LeaseWrite => self.lease_writes += 1,
             Op::GetItem => self.get_item += 1,
+            Op::GetItemEventual => self.get_item_eventual += 1,
             Op::Scan => self.scan += 1,
             Op::Query => self.query += 1,
             Op::DescribeTable => self.describe_table += 1,
@@ -189,7 +197,9 @@ pub fn classify(target: &str, body: &[u8]) -> Op {
         }
         "PutItem" => write(lease_key(&json(), "Item"), false),
         "DeleteItem" => write(lease_key(&json(), "Key"), false),
-        "GetItem" => Op::GetItem,
+        // DynamoDB's default is an eventually consistent read.
+        "GetItem" if json().get("ConsistentRead").and_then(Value::as_bool) == Some(true) => Op::GetItem,
+        "GetItem" => Op::GetItemEventual,
         "Scan" => Op::Scan,
         "Query" => Op::Query,
         "DescribeTable" => Op::DescribeTable,
@@ -338,13 +348,15 @@ mod tests {
             "UpdateExpression":"SET #counter = :next_counter"}"##;
         let create_heartbeat = br#"{"TableName":"app","Item":{"leaseKey":{"S":"__kcl_worker__#w1#0"}}}"#;
         let create_lease = br#"{"TableName":"app","Item":{"leaseKey":{"S":"shardId-2"}}}"#;
-        let cases: [(&str, &[u8], Op); 10] = [
+        let cases: [(&str, &[u8], Op); 12] = [
             ("DynamoDB_20120810.UpdateItem", checkpoint, Op::CheckpointWrite),
             ("DynamoDB_20120810.UpdateItem", renew, Op::LeaseWrite),
             ("DynamoDB_20120810.UpdateItem", heartbeat, Op::HeartbeatWrite),
             ("DynamoDB_20120810.PutItem", create_heartbeat, Op::HeartbeatWrite),
             ("DynamoDB_20120810.PutItem", create_lease, Op::LeaseWrite),
-            ("DynamoDB_20120810.GetItem", b"{}", Op::GetItem),
+            ("DynamoDB_20120810.GetItem", br#"{"ConsistentRead":true}"#, Op::GetItem),
+            ("DynamoDB_20120810.GetItem", br#"{"ConsistentRead":false}"#, Op::GetItemEventual),
+            ("DynamoDB_20120810.GetItem", b"{}", Op::GetItemEventual),
             ("DynamoDB_20120810.Scan", b"{}", Op::Scan),
             ("DynamoDBStreams_20120810.GetRecords", b"{}", Op::GetRecords),
             ("DynamoDBStreams_20120810.DescribeStream", b"{}", Op::DescribeStream),
@@ -363,8 +375,11 @@ mod tests {
         after.count(&Op::GetItem);
         after.count(&Op::HeartbeatWrite);
         after.count(&Op::Other("X".to_owned()));
+        after.count(&Op::GetItemEventual);
         let window = after.since(&before);
         assert_eq!((window.get_item, window.heartbeat_writes, window.lease_table_writes()), (1, 1, 1));
+        // A strongly consistent read is a unit, an eventually consistent one half.
+        assert_eq!((window.lease_table_reads(), window.lease_table_read_units()), (2, 1.5));
         assert_eq!(window.other.get("X"), Some(&1));
     }
 }

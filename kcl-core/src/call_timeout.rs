@@ -62,6 +62,10 @@ impl<L: LeaseStore> LeaseStore for TimedStore<L> {
         self.limited("read", self.inner.get(key)).await
     }
 
+    async fn peek(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
+        self.limited("read", self.inner.peek(key)).await
+    }
+
     async fn create_if_absent(&self, lease: Lease) -> Result<LeaseUpdate, LeaseStoreError> {
         self.limited("create", self.inner.create_if_absent(lease)).await
     }

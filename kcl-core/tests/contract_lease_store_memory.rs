@@ -55,6 +55,9 @@ mod broken_stores {
         ReordersParents,
         /// A handoff request bumps the heartbeat's counter (its owner's renewal then fails).
         HandoffRequestBumpsCounter,
+        /// `peek` keeps returning the first version it read (a stale replica that never
+        /// catches up).
+        PeekNeverCatchesUp,
         /// A take drops the tumbling window (the next owner would start it over).
         TakeDropsWindow,
     }
@@ -63,6 +66,8 @@ mod broken_stores {
     struct Broken {
         inner: MemoryLeaseStore,
         bug: Bug,
+        /// What `peek` returned first, by key (for [`Bug::PeekNeverCatchesUp`]).
+        first_peek: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<LeaseKey, Option<Lease>>>>,
     }
 
     impl Broken {
@@ -102,6 +107,15 @@ mod broken_stores {
 
         async fn get(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
             Ok(self.inner.get(key).await?.map(|l| self.fix(l)))
+        }
+
+        async fn peek(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
+            let now = self.get(key).await?;
+            if self.bug != Bug::PeekNeverCatchesUp {
+                return Ok(now);
+            }
+            let mut first = self.first_peek.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(first.entry(key.clone()).or_insert(now).clone())
         }
 
         async fn create_if_absent(&self, mut lease: Lease) -> Result<LeaseUpdate, LeaseStoreError> {
@@ -195,7 +209,7 @@ mod broken_stores {
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let store = Broken { inner: MemoryLeaseStore::new(), bug };
+        let store = Broken { inner: MemoryLeaseStore::new(), bug, first_peek: Default::default() };
         let joined = tokio::spawn(check(store)).await;
         let panic = joined.err()?.into_panic();
         let message = panic.downcast_ref::<String>().cloned();
@@ -221,6 +235,9 @@ mod broken_stores {
         }
         async fn handoff(s: Broken) {
             lease_store::check_handoff_requests(&s).await
+        }
+        async fn peek(s: Broken) {
+            lease_store::check_peek(&s).await
         }
         async fn take(s: Broken) {
             lease_store::check_take(&s).await
@@ -260,10 +277,14 @@ mod broken_stores {
         assert_caught(Bug::ReturnsCallerCopy, attributes, "writes_change_only_their_attributes").await;
         assert_caught(Bug::UpsertsMissing, missing, "writes_to_missing_items").await;
         assert_caught(Bug::HandoffRequestBumpsCounter, handoff, "handoff_requests").await;
+        assert_caught(Bug::PeekNeverCatchesUp, peek, "peek").await;
     }
 
     #[tokio::test]
     async fn parent_order_is_not_part_of_the_contract() {
-        lease_store::run_all(|| async { Broken { inner: MemoryLeaseStore::new(), bug: Bug::ReordersParents } }).await;
+        lease_store::run_all(|| async {
+            Broken { inner: MemoryLeaseStore::new(), bug: Bug::ReordersParents, first_peek: Default::default() }
+        })
+        .await;
     }
 }

@@ -41,7 +41,7 @@ async fn crashed_worker_leases_fail_over_within_a_lease_duration() {
 }
 
 /// Each worker reads a fixed number of items per poll (the heartbeats of its two ring
-/// successors and the death notice), whatever the fleet size; and a dead worker's leases still
+/// successors and the change notice), whatever the fleet size; and a dead worker's leases still
 /// move to every survivor about a lease duration after it died.
 #[tokio::test(start_paused = true)]
 async fn heartbeat_reads_grow_with_the_fleet_and_failover_stays_fast() {

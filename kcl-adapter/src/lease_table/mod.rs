@@ -5,7 +5,8 @@
 //! continued as is. Every mutation is a conditional write on `leaseCounter` and `leaseOwner`
 //! (or on the key's absence, for creation); a failed condition is
 //! [`LeaseUpdate::Lost`], not an error. Writes touch only their own attributes, so attributes
-//! this crate does not know survive. Reads are strongly consistent and scans paginate.
+//! this crate does not know survive. Reads are strongly consistent (`peek` aside: see
+//! [`LeaseStore::peek`]) and scans paginate.
 //! Creating the table is [`DynamoLeaseStore::ensure_table`], not part of the seam.
 
 mod item;
@@ -233,6 +234,20 @@ impl LeaseStore for DynamoLeaseStore {
             .table_name(&*self.table)
             .set_key(Some(self.key(key)))
             .consistent_read(true)
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| lease_error(&format!("GetItem {key} of lease table {}", self.table), e))?;
+        out.item.map(|item| item::from_item(&self.table, &item)).transpose()
+    }
+
+    async fn peek(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .set_key(Some(self.key(key)))
+            .consistent_read(false)
             .send()
             .boxed()
             .await

@@ -9,7 +9,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use futures::SinkExt;
+use futures::channel::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -77,19 +78,19 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         &self,
         held: &HeldLease,
         position: StartPosition,
-        tx: mpsc::Sender<Fetched<S::Record>>,
+        mut tx: mpsc::Sender<Fetched<S::Record>>,
         stop: CancellationToken,
         in_flight: &AtomicUsize,
     ) {
         // Interruptions are acted on by the deliverer, which watches the same tokens.
-        let _ = self.read_until_end(held, position, &tx, &stop, in_flight).await;
+        let _ = self.read_until_end(held, position, &mut tx, &stop, in_flight).await;
     }
 
     async fn read_until_end(
         &self,
         held: &HeldLease,
         mut position: StartPosition,
-        tx: &mpsc::Sender<Fetched<S::Record>>,
+        tx: &mut mpsc::Sender<Fetched<S::Record>>,
         stop: &CancellationToken,
         in_flight: &AtomicUsize,
     ) -> Result<(), Interrupted> {
@@ -205,7 +206,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     position = StartPosition::AfterSequenceNumber(record.sequence_number.clone());
                     (limit, window) = (max, 0);
                     in_flight.fetch_add(1, Ordering::SeqCst);
-                    if !self.send(tx, stop, Fetched::Undecodable(record, error.to_string())).await {
+                    if !self.send(tx, stop, Fetched::Undecodable(Box::new((record, error.to_string())))).await {
                         return Ok(());
                     }
                 }
@@ -216,7 +217,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
     /// Sends to the deliverer; false when the reader should stop.
     async fn send(
         &self,
-        tx: &mpsc::Sender<Fetched<S::Record>>,
+        tx: &mut mpsc::Sender<Fetched<S::Record>>,
         stop: &CancellationToken,
         fetched: Fetched<S::Record>,
     ) -> bool {

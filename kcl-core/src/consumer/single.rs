@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use futures::channel::mpsc;
 use tokio::time::Instant;
 
 use super::gather::Gatherer;
@@ -68,7 +69,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     let _ = Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed)).await;
                     return Box::pin(self.shutdown(held, one, std::slice::from_ref(checkpointer), checkpointer, last_processed)).await;
                 }
-                next = rx.recv() => next,
+                next = rx.next() => next,
                 () = sleep_until(gather_due) => {
                     let due = gather.take_if_due(Instant::now());
                     match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, due, &mut last_processed)).await {
@@ -134,7 +135,8 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     }
                     result
                 }
-                Some(Fetched::Undecodable(record, error)) => {
+                Some(Fetched::Undecodable(boxed)) => {
+                    let (record, error) = *boxed;
                     let partial = gather.take();
                     match Box::pin(self.deliver_ready(held, &mut one[0], checkpointer, partial, &mut last_processed))
                         .await

@@ -289,7 +289,8 @@ impl<S: LeaseStore> Coordinator<S> {
         let peers = watch::watched(self.me(), &peers, watch::WATCHERS);
         let mut newly_dead = false;
         for (key, worker) in peers {
-            let read = self.store.get(&key).await;
+            // Eventually consistent: a stale counter only makes the worker look alive longer.
+            let read = self.store.peek(&key).await;
             // Taken after the read: a change is dated when this worker learned of it, never
             // earlier (a worker paused between sending and reading the answer would otherwise
             // date a fresh renewal back to before its pause and judge a live peer dead).

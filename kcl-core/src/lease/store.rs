@@ -106,6 +106,17 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// One item, or `None` when absent.
     fn get(&self, key: &LeaseKey) -> impl Future<Output = Result<Option<Lease>, LeaseStoreError>> + Send;
 
+    /// One item, read eventually consistently (half the price of [`get`](Self::get) on
+    /// DynamoDB): it may miss the writes of about the last second, never shows a value older
+    /// than one already returned by a strongly consistent read for long, and eventually
+    /// returns what `get` does. Used only for reads whose staleness can delay a decision but
+    /// never make a wrong one: the heartbeats a worker watches (a stale counter only makes a
+    /// live worker look alive for longer), the change notice, a waiting child's parents.
+    /// Default: [`get`](Self::get).
+    fn peek(&self, key: &LeaseKey) -> impl Future<Output = Result<Option<Lease>, LeaseStoreError>> + Send {
+        self.get(key)
+    }
+
     /// Creates `lease` unless an item with its key exists (then `Lost`).
     fn create_if_absent(&self, lease: Lease) -> impl Future<Output = Result<LeaseUpdate, LeaseStoreError>> + Send;
 

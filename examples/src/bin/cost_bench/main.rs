@@ -312,7 +312,7 @@ impl Window {
         let t = self.total();
         Units {
             write: t.lease_table_writes() as f64,
-            read: t.lease_table_read_units() as f64,
+            read: t.lease_table_read_units(),
             streams_read: t.get_records as f64,
         }
     }

@@ -54,8 +54,7 @@ impl Report {
         let per_lease_min = |n: u64| n as f64 / shards / idle.minutes;
         let active_sorted = self.seen.sorted(setting, Phase::Active);
         let probe_sorted = self.seen.sorted(setting, Phase::Probe);
-        let fixed =
-            Units { write: it.heartbeat_writes as f64, read: it.lease_table_read_units() as f64, streams_read: 0.0 };
+        let fixed = Units { write: it.heartbeat_writes as f64, read: it.lease_table_read_units(), streams_read: 0.0 };
         let per_lease = Units {
             write: (it.lease_writes + it.checkpoint_writes) as f64,
             read: 0.0,
@@ -199,11 +198,12 @@ impl Report {
                 let line = |c: &Counts, minutes: f64| {
                     let m = |v: u64| v as f64 / minutes;
                     format!(
-                        "heartbeat_w={:.1} lease_w={:.1} checkpoint_w={:.1} get_item={:.1} scan={:.1} scan_rru={:.1} get_records={:.1} get_shard_iterator={:.1} describe_stream={:.1}",
+                        "heartbeat_w={:.1} lease_w={:.1} checkpoint_w={:.1} get_item={:.1} get_item_eventual={:.1} scan={:.1} scan_rru={:.1} get_records={:.1} get_shard_iterator={:.1} describe_stream={:.1}",
                         m(c.heartbeat_writes),
                         m(c.lease_writes),
                         m(c.checkpoint_writes),
                         m(c.get_item),
+                        m(c.get_item_eventual),
                         m(c.scan),
                         m(c.scan_read_units),
                         m(c.get_records),

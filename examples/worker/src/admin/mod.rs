@@ -91,7 +91,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Judges two reads of the table: shard leases as in `second`, and a heartbeat alive when
-    /// its counter differs from `first`'s or it is new. The death notice (a heartbeat-prefixed
+    /// its counter differs from `first`'s or it is new. The change notice (a heartbeat-prefixed
     /// item without owner) is not a worker.
     pub fn from_reads(first: &[Lease], second: Vec<Lease>, observed_for: Duration) -> Self {
         let before: HashMap<&LeaseKey, u64> =

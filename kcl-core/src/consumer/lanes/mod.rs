@@ -117,7 +117,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         held: &HeldLease,
         processors: &mut [P],
         checkpointer: &LeaseCheckpointer<L>,
-        rx: mpsc::Receiver<Fetched<S::Record>>,
+        rx: futures::channel::mpsc::Receiver<Fetched<S::Record>>,
         in_flight: &AtomicUsize,
     ) -> ConsumerExit {
         let tracker = Mutex::new(LaneTracker::default());
@@ -157,7 +157,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
         &self,
         held: &HeldLease,
         checkpointer: &LeaseCheckpointer<L>,
-        mut rx: mpsc::Receiver<Fetched<S::Record>>,
+        mut rx: futures::channel::mpsc::Receiver<Fetched<S::Record>>,
         lanes: Vec<mpsc::Sender<LaneItem<S::Record>>>,
         tracker: &Mutex<LaneTracker>,
         in_flight: &AtomicUsize,
@@ -182,7 +182,7 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     }
                     return Dispatched::Stop;
                 }
-                next = rx.recv() => next,
+                next = futures::StreamExt::next(&mut rx) => next,
                 () = sleep_until(gather_due) => {
                     let now = Instant::now();
                     let due: Vec<_> = gathers.iter_mut().map(|g| g.take_if_due(now)).collect();
@@ -215,9 +215,9 @@ impl<S: StreamSource, L: LeaseStore, D: DeadLetterSink<S::Record>> ConsumerConte
                     }
                     result
                 }
-                Some(Fetched::Undecodable(record, error)) => match self.send_partials(held, &lanes, &mut gathers).await
-                {
+                Some(Fetched::Undecodable(boxed)) => match self.send_partials(held, &lanes, &mut gathers).await {
                     Ok(()) => {
+                        let (record, error) = *boxed;
                         tracker
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)

@@ -45,7 +45,7 @@ impl<S: LeaseStore> Coordinator<S> {
     /// judged a worker dead, released leases or announced that it stops): time for a take
     /// cycle.
     pub(crate) async fn notice_changed(&self) -> bool {
-        let Ok(item) = self.store.get(&notice_key()).await else { return false };
+        let Ok(item) = self.store.peek(&notice_key()).await else { return false };
         let counter = item.map(|l| l.counter);
         let mut seen = self.notice_seen.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = seen.is_some_and(|before| before != counter);

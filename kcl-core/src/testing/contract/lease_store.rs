@@ -52,6 +52,28 @@ where
     check_large_counters(&make_store().await).await;
     check_handoff_requests(&make_store().await).await;
     check_checkpoint_window(&make_store().await).await;
+    check_peek(&make_store().await).await;
+}
+
+/// `peek` (eventually consistent) of an absent key is `None`, and after a write it returns,
+/// within a few seconds, what `get` returns.
+pub async fn check_peek<S: LeaseStore>(store: &S) {
+    let c = Check::new("peek", store);
+    let absent = c.ok("peek of an absent key", store.peek(&key(1)).await);
+    c.assert_eq("peek of an absent key", &absent, &None);
+    let created = c.applied("create", store.create_if_absent(lease(1, Some("w1"), 0)).await);
+    let renewed = c.applied("renew", store.renew(&created).await);
+    let want = c.get(&key(1)).await;
+    c.assert_eq("get after the renew", &want.as_ref().map(|l| l.counter), &Some(renewed.counter));
+    let mut got = None;
+    for _ in 0..50 {
+        got = c.ok("peek", store.peek(&key(1)).await).map(|l| normalized(&l));
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    c.fail("peek never returned what get returns", &(got, want));
 }
 
 /// A fresh store: `get` of any key is `None` and `list` is empty.
