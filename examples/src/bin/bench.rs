@@ -10,6 +10,8 @@
 //!    per minute in steady state, failover after a kill and balancing after a join, with the
 //!    default (heartbeat-only) leases. `--scale-only` runs just this part.
 //!
+//! `--throughput-only` runs only part 1, `--memory-only` only part 2 (in this process).
+//!
 //! `cargo run --release -p kcl-examples --bin bench`
 
 use std::collections::BTreeMap;
@@ -394,6 +396,17 @@ fn print_scale() {
 fn main() {
     if std::env::args().any(|a| a == "--scale-only") {
         print_scale();
+        return;
+    }
+    if std::env::args().any(|a| a == "--throughput-only") {
+        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => panic!("runtime: {e}"),
+        };
+        let (raw, worker) = rt.block_on(throughput());
+        println!("throughput_raw_records_per_s={raw:.0}");
+        println!("throughput_worker_records_per_s={worker:.0}");
+        println!("throughput_ratio={:.3} (target >= 0.9) {}", worker / raw, verdict(worker / raw >= 0.9));
         return;
     }
     if std::env::args().any(|a| a == "--memory-only") {
