@@ -46,6 +46,21 @@ enum Change<'a> {
 }
 
 impl DynamoLeaseStore {
+    /// `GetItem` of one lease, strongly or eventually consistent.
+    async fn get_item(&self, key: &LeaseKey, consistent: bool) -> Result<Option<Lease>, LeaseStoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&*self.table)
+            .set_key(Some(self.key(key)))
+            .consistent_read(consistent)
+            .send()
+            .boxed()
+            .await
+            .map_err(|e| lease_error(&format!("GetItem {key} of lease table {}", self.table), e))?;
+        out.item.map(|item| item::from_item(&self.table, &item)).transpose()
+    }
+
     /// A store on `table_name` (the application name, as in Java KCL). Makes no call; see
     /// [`DynamoLeaseStore::ensure_table`] to create the table.
     pub fn new(client: Client, table_name: impl Into<String>) -> Self {
@@ -228,31 +243,11 @@ impl LeaseStore for DynamoLeaseStore {
     }
 
     async fn get(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.table)
-            .set_key(Some(self.key(key)))
-            .consistent_read(true)
-            .send()
-            .boxed()
-            .await
-            .map_err(|e| lease_error(&format!("GetItem {key} of lease table {}", self.table), e))?;
-        out.item.map(|item| item::from_item(&self.table, &item)).transpose()
+        self.get_item(key, true).await
     }
 
     async fn peek(&self, key: &LeaseKey) -> Result<Option<Lease>, LeaseStoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&*self.table)
-            .set_key(Some(self.key(key)))
-            .consistent_read(false)
-            .send()
-            .boxed()
-            .await
-            .map_err(|e| lease_error(&format!("GetItem {key} of lease table {}", self.table), e))?;
-        out.item.map(|item| item::from_item(&self.table, &item)).transpose()
+        self.get_item(key, false).await
     }
 
     async fn create_if_absent(&self, lease: Lease) -> Result<LeaseUpdate, LeaseStoreError> {
