@@ -19,6 +19,7 @@ use crate::dead_letter::{DeadLetterSink, NoDeadLetter};
 use crate::error::WorkerError;
 use crate::lease::coordinator::{Coordinator, Scope};
 use crate::lease::handover::{FastPoll, departure_wait};
+use crate::lease::held::HeldLease;
 use crate::lease::{LeaseKey, LeaseStore};
 use crate::metrics::Metrics;
 use crate::processor::RecordProcessorFactory;
@@ -322,6 +323,7 @@ where
                     let Some(wait) = wait else { break };
                     tracing::info!(notice = ?wait, leases = coordinator.held_count(),
                         "stopping: announced to the other workers; releasing the leases after the notice");
+                    coordinator.withdraw_handoff_requests().await;
                     coordinator.announce_change().await;
                     leave_at = Some(Instant::now() + wait);
                 }
@@ -395,16 +397,18 @@ where
     ) -> bool {
         match joined {
             Ok((id, (key, exit))) => {
-                consumers.by_task.remove(&id);
                 tracing::debug!(lease = %key, ?exit, "consumer finished");
-                coordinator.forget(&key);
+                if let Some(held) = consumers.by_task.remove(&id) {
+                    coordinator.forget(&held);
+                }
                 // A graceful stop of one shard while the worker runs on: a handoff.
                 exit == ConsumerExit::Shutdown && !self.shutdown.is_cancelled()
             }
             Err(e) => {
-                let Some(key) = consumers.by_task.remove(&e.id()) else { return false };
+                let Some(held) = consumers.by_task.remove(&e.id()) else { return false };
+                let key = held.key.clone();
                 if e.is_cancelled() {
-                    coordinator.forget(&key);
+                    coordinator.forget(&held);
                     return false;
                 }
                 let why = match e.try_into_panic() {
@@ -417,7 +421,7 @@ where
                 if let Some(shard) = key.shard_id() {
                     self.status.remove(&shard, false);
                 }
-                coordinator.release(&key).await;
+                coordinator.release_held(&held).await;
                 false
             }
         }
@@ -440,7 +444,7 @@ where
     }
 
     async fn watchdog(&self, coordinator: &Coordinator<TimedStore<L>>, consumers: &Consumers) {
-        let consumed: std::collections::HashSet<&LeaseKey> = consumers.by_task.values().collect();
+        let consumed: std::collections::HashSet<&LeaseKey> = consumers.by_task.values().map(|h| &h.key).collect();
         for held in coordinator.held() {
             if !consumed.contains(&held.key) {
                 tracing::error!(shard = %held.shard_id, "held lease without a consumer; releasing it");
@@ -475,9 +479,8 @@ where
         let outcome = coordinator.take_cycle().await;
         for held in outcome.acquired {
             let span = tracing::info_span!("shard", shard = %held.shard_id);
-            let key = held.key.clone();
-            let task = consumers.set.spawn(ctx.clone().run(held, self.factory.clone()).instrument(span));
-            consumers.by_task.insert(task.id(), key);
+            let task = consumers.set.spawn(ctx.clone().run(held.clone(), self.factory.clone()).instrument(span));
+            consumers.by_task.insert(task.id(), held);
         }
         if outcome.asked {
             fast.expect(Instant::now());
@@ -498,7 +501,8 @@ where
 #[derive(Debug, Default)]
 struct Consumers {
     set: JoinSet<(LeaseKey, ConsumerExit)>,
-    by_task: HashMap<tokio::task::Id, LeaseKey>,
+    /// The tenure each task consumes: a lease taken again holds a new one.
+    by_task: HashMap<tokio::task::Id, Arc<HeldLease>>,
 }
 
 async fn heartbeat_loop<L: LeaseStore>(coordinator: Arc<Coordinator<L>>, every: Duration, token: CancellationToken) {

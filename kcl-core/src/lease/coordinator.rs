@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 mod handoff;
 mod identity;
 mod renew;
+#[cfg(all(test, feature = "testing"))]
+mod tenure_tests;
 mod watch;
 
 use super::balance::{Candidate, TakeReason, plan_takes};
@@ -206,19 +208,24 @@ impl<S: LeaseStore> Coordinator<S> {
         self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Forgets a lease this worker stopped consuming (released, ended or lost).
-    pub(crate) fn forget(&self, key: &LeaseKey) {
-        let removed = self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
-        if let Some(held) = removed {
-            held.mark_lost();
+    /// Forgets one tenure of a lease this worker stopped consuming (released, ended or lost),
+    /// and stops it. Only that tenure: when the lease was taken again since (a handoff this
+    /// worker's next take cycle undid, as it was under target), the new tenure stays held.
+    pub(crate) fn forget(&self, held: &HeldLease) {
+        {
+            let mut map = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+            if map.get(&held.key).is_some_and(|h| std::ptr::eq(Arc::as_ptr(h), held)) {
+                map.remove(&held.key);
+            }
         }
+        held.mark_lost();
         self.metrics.leases_held.set(self.held_count() as i64);
     }
 
     fn lost(&self, held: &HeldLease) {
         tracing::warn!(shard = %held.shard_id, "lease lost to another worker; stopping delivery");
         self.metrics.leases_lost.inc();
-        self.forget(&held.key);
+        self.forget(held);
     }
 
     async fn renew_one(&self, h: &Arc<HeldLease>) {
@@ -436,8 +443,11 @@ impl<S: LeaseStore> Coordinator<S> {
             if held_keys.contains(&item.key) && !item.is_owned_by(me) {
                 // Bind first: the guard must be gone before `lost` locks `held` again.
                 let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(&item.key).cloned();
-                if let Some(h) = held {
-                    self.lost(&h);
+                match held {
+                    // Released by its own consumer on a handoff, which is finishing: not lost.
+                    Some(h) if item.owner.is_none() && h.handoff_requested() => self.forget(&h),
+                    Some(h) => self.lost(&h),
+                    None => {}
                 }
             }
         }
@@ -561,6 +571,15 @@ impl<S: LeaseStore> Coordinator<S> {
     pub(crate) async fn release(&self, key: &LeaseKey) {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
         let Some(held) = held else { return };
+        self.release_held(&held).await;
+    }
+
+    /// [`release`](Self::release) of one tenure (a no-op once it is lost).
+    pub(crate) async fn release_held(&self, held: &HeldLease) {
+        if held.is_lost() {
+            self.forget(held);
+            return;
+        }
         {
             let lease = held.lock().await;
             match self.store.release(&lease).await {
@@ -568,7 +587,7 @@ impl<S: LeaseStore> Coordinator<S> {
                 Err(e) => tracing::warn!(shard = %held.shard_id, error = %e, "could not release a stalled lease"),
             }
         }
-        self.forget(key);
+        self.forget(held);
     }
 
     /// Removes this worker's heartbeat on a clean stop, so peers stop watching it at once.

@@ -163,6 +163,29 @@ impl<S: LeaseStore> Coordinator<S> {
     }
 }
 
+impl<S: LeaseStore> Coordinator<S> {
+    /// Withdraws this worker's handoff requests (a request for 0 leases to each owner asked):
+    /// a worker that stops takes nothing, so a lease handed over to it would wait, unowned,
+    /// until its peers see it gone.
+    pub(crate) async fn withdraw_handoff_requests(&self) {
+        let asked: Vec<WorkerId> =
+            self.requests.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(owner, _)| owner).collect();
+        if asked.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        for owner in &asked {
+            let heartbeats = snapshot.leases.iter().filter(|l| l.key.is_heartbeat() && l.owner.as_ref() == Some(owner));
+            for hb in heartbeats {
+                match self.store.request_handoff(hb, self.me(), 0).await {
+                    Ok(_) => tracing::debug!(%owner, "withdrew the handoff request"),
+                    Err(e) => tracing::debug!(%owner, error = %e, "could not withdraw the handoff request"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
