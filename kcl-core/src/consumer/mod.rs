@@ -81,8 +81,8 @@ pub(crate) enum ConsumerExit {
 enum Fetched<R> {
     Records(Vec<R>),
     /// A record the source could not decode, with the read's error: for the failure policy.
-    /// Boxed (rare): the enum stays the size of a `Vec`, and so does each of the 32 slots the
-    /// shard's channel allocates at once (about 1.5 KiB less a shard).
+    /// Boxed (rare): the enum stays the size of a `Vec`, and so does every batch queued
+    /// between a shard's reader and its deliverer.
     Undecodable(Box<(UndecodableRecord, String)>),
     End,
 }
